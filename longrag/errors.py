@@ -1,0 +1,45 @@
+"""User-facing errors. Each carries a stable ``code`` that the CLI and REST layers map."""
+
+from __future__ import annotations
+
+
+class LongragError(Exception):
+    """Base class: a clear message for a user, never a traceback."""
+
+    code = "error"
+    http_status = 400
+
+
+class EmptyDocumentError(LongragError):
+    code = "empty_document"
+    http_status = 422
+
+
+class UnsupportedFileTypeError(LongragError):
+    code = "unsupported_type"
+    http_status = 415
+
+
+class DecodeError(LongragError):
+    code = "undecodable"
+    http_status = 422
+
+
+class FileTooLargeError(LongragError):
+    code = "too_large"
+    http_status = 413
+
+
+class NotFoundError(LongragError):
+    code = "not_found"
+    http_status = 404
+
+
+class InvalidRequestError(LongragError):
+    code = "invalid_request"
+    http_status = 422
+
+
+class ModelIntegrityError(LongragError):
+    code = "model_integrity"
+    http_status = 500

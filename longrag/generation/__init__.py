@@ -1,0 +1,1 @@
+"""Generation library: prompts and decoding loops (no web, queue or UI imports)."""

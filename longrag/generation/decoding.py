@@ -1,0 +1,107 @@
+"""Greedy / sampled decoding with an explicit KV cache: prefill, then one token at a time.
+
+Written in the gpt-fast spirit: ``prefill`` and ``decode_one`` are separate, the cache is a
+transformers ``DynamicCache`` passed explicitly, and timing is measured where it happens.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+TokenCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    ttft_ms: float
+    total_ms: float
+    tokens_per_s: float
+
+
+@torch.inference_mode()
+def prefill(model: Any, input_ids: torch.Tensor, cache: DynamicCache, *, chunk: int = 2048) -> torch.Tensor:
+    """Run the prompt through the model in chunks; return the last position's logits."""
+    logits = None
+    n = input_ids.shape[1]
+    for start in range(0, n, chunk):
+        piece = input_ids[:, start : start + chunk]
+        out = model(input_ids=piece, cache=cache, use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1, :]
+    assert logits is not None
+    return logits
+
+
+@torch.inference_mode()
+def decode_one(model: Any, token: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+    out = model(input_ids=token.view(1, 1), cache=cache, use_cache=True)
+    return out.logits[:, -1, :]
+
+
+def pick(logits: torch.Tensor, *, temperature: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def stop_token_ids(tokenizer: Any) -> set[int]:
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for tok in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid >= 0:
+            ids.add(tid)
+    return ids
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    input_ids: Sequence[int],
+    *,
+    max_new_tokens: int = 48,
+    temperature: float = 0.0,
+    on_token: TokenCallback | None = None,
+    seed: int = 0,
+) -> GenerationResult:
+    """Generate up to ``max_new_tokens`` after ``input_ids``; greedy when temperature is 0."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(input_ids)], dtype=torch.long, device=device)
+    stops = stop_token_ids(tokenizer)
+    generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
+    cache = DynamicCache()
+    t0 = time.perf_counter()
+    logits = prefill(model, ids, cache)
+    out: list[int] = []
+    ttft = 0.0
+    emitted = ""
+    for step in range(max_new_tokens):
+        token = pick(logits, temperature=temperature, generator=generator)
+        tid = int(token.item())
+        if step == 0:
+            ttft = (time.perf_counter() - t0) * 1000
+        if tid in stops:
+            break
+        out.append(tid)
+        if on_token is not None:
+            text = tokenizer.decode(out, skip_special_tokens=True)
+            if len(text) > len(emitted) and not text.endswith("\ufffd"):
+                on_token(text[len(emitted) :])
+                emitted = text
+        if step + 1 < max_new_tokens:
+            logits = decode_one(model, token, cache)
+    total = (time.perf_counter() - t0) * 1000
+    decode_ms = max(total - ttft, 1e-6)
+    text = tokenizer.decode(out, skip_special_tokens=True)
+    if on_token is not None and len(text) > len(emitted):
+        on_token(text[len(emitted) :])
+    tps = (len(out) - 1) / (decode_ms / 1000) if len(out) > 1 else 0.0
+    return GenerationResult(text.strip(), out, ids.shape[1], ttft, total, tps)

@@ -1,0 +1,1 @@
+"""The one place that knows where model files are and loads them."""

@@ -1,0 +1,1 @@
+"""Retrieval library: parsing, segmentation, chunking, embedding, indexes (no web/queue/UI)."""

@@ -1,0 +1,1 @@
+"""Services: compose the retrieval and generation libraries into the product."""

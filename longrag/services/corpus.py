@@ -1,0 +1,290 @@
+"""The document corpus: ingest, list, show, delete and search, with index and metadata in step.
+
+SQLite holds documents, sentences, chunks and vectors; one FAISS file per vector kind is a
+cache of the ``vectors`` table. Writers hold a cross-process file lock; every write bumps a
+generation counter so other processes (API, workers) reload their indexes before searching.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+
+import numpy as np
+
+from longrag.config import Settings, get_settings
+from longrag.errors import EmptyDocumentError, FileTooLargeError, InvalidRequestError, NotFoundError
+from longrag.retrieval.chunking import sentence_chunks
+from longrag.retrieval.embed import Embedder
+from longrag.retrieval.index import VectorIndex
+from longrag.retrieval.parse import parse_bytes
+from longrag.retrieval.segment import split_sentences
+from longrag.retrieval.types import Chunk, Hit, Sentence
+from longrag.services.store import DocumentInfo, Store
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, float], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedUnits:
+    """What ingestion computed for one document before anything is written."""
+
+    text: str
+    sentences: list[Sentence]
+    chunks: list[Chunk]
+
+
+VectorBuilder = Callable[[Embedder, ParsedUnits], np.ndarray]
+"""Computes one vector per chunk for a vector kind (``chunk``; later issues add more)."""
+
+
+def chunk_vectors(embedder: Embedder, units: ParsedUnits) -> np.ndarray:
+    return embedder.encode([units.text[c.start : c.end] for c in units.chunks])
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    doc_id: str
+    title: str
+    filename: str | None
+    created: bool
+    n_sentences: int
+    n_chunks: int
+    seconds: float
+
+
+@dataclass
+class Corpus:
+    """Composes the store, the embedder and the FAISS indexes."""
+
+    settings: Settings = field(default_factory=get_settings)
+    embedder_factory: Callable[[], Embedder] | None = None
+    vector_builders: dict[str, VectorBuilder] = field(default_factory=lambda: {"chunk": chunk_vectors})
+
+    def __post_init__(self) -> None:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(self.settings.db_path)
+        self._embedder: Embedder | None = None
+        self._indexes: dict[str, tuple[int, VectorIndex]] = {}
+        self._mutex = threading.RLock()
+
+    # -- components ------------------------------------------------------------------------
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            if self.embedder_factory is not None:
+                self._embedder = self.embedder_factory()
+            else:
+                from longrag.models.registry import load_embedder
+
+                self._embedder = Embedder(load_embedder(self.settings.embedder))
+        return self._embedder
+
+    @contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        lock_path = self.settings.data_dir / ".write.lock"
+        with self._mutex, open(lock_path, "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _index_path(self, kind: str) -> Path:
+        return self.settings.data_dir / "index" / f"{kind}.faiss"
+
+    def index(self, kind: str = "chunk") -> VectorIndex:
+        """The FAISS index of one vector kind, reloaded or rebuilt when it is stale."""
+        with self._mutex:
+            gen = self.store.generation()
+            cached = self._indexes.get(kind)
+            if cached and cached[0] == gen:
+                return cached[1]
+            index = self._load_or_rebuild(kind)
+            self._indexes[kind] = (gen, index)
+            return index
+
+    def _load_or_rebuild(self, kind: str) -> VectorIndex:
+        path = self._index_path(kind)
+        expected = self.store.count_vectors(kind)
+        dim = self.embedder.dim
+        if path.exists():
+            try:
+                index = VectorIndex.load(path, dim)
+                if index.ntotal == expected:
+                    return index
+                log.warning("index %s has %d vectors, store has %d: rebuilding", kind, index.ntotal, expected)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("index %s unreadable (%s): rebuilding", kind, exc)
+        index = VectorIndex(dim)
+        ids, vecs = self.store.vectors(kind)
+        if len(ids):
+            index.add(ids, vecs)
+        index.save(path)
+        return index
+
+    # -- ingestion ---------------------------------------------------------------------------
+    def prepare(self, data: bytes, filename: str | None) -> ParsedUnits:
+        """Parse, segment and chunk (no writes)."""
+        parsed = parse_bytes(data, filename)
+        sentences = split_sentences(parsed.text, max_chars=self.settings.max_sentence_chars)
+        if not sentences:
+            raise EmptyDocumentError("the document has no sentences")
+        counts = self.embedder.count_tokens([parsed.text[s.start : s.end] for s in sentences])
+        chunks = sentence_chunks(sentences, counts, target_tokens=self.settings.chunk_tokens)
+        return ParsedUnits(parsed.text, sentences, chunks)
+
+    def ingest_bytes(
+        self,
+        data: bytes,
+        filename: str | None = None,
+        *,
+        title: str | None = None,
+        progress: Progress | None = None,
+    ) -> IngestResult:
+        """Store a document; identical bytes return the existing id without a second copy."""
+        t0 = time.perf_counter()
+        report = progress or (lambda stage, frac: None)
+        if len(data) > self.settings.max_file_bytes:
+            raise FileTooLargeError(
+                f"file is {len(data)} bytes; the limit is {self.settings.max_file_bytes} "
+                "(set LONGRAG_MAX_FILE_BYTES to change it)"
+            )
+        sha = hashlib.sha256(data).hexdigest()
+        doc_id = sha[:16]
+        existing = self.store.doc_by_sha(sha)
+        if existing:
+            report("done", 1.0)
+            return IngestResult(existing.doc_id, existing.title, existing.filename, False,
+                                existing.n_sentences, existing.n_chunks, time.perf_counter() - t0)
+        report("parse", 0.05)
+        parsed = parse_bytes(data, filename)
+        report("segment", 0.15)
+        sentences = split_sentences(parsed.text, max_chars=self.settings.max_sentence_chars)
+        if not sentences:
+            raise EmptyDocumentError("the document has no sentences")
+        counts = self.embedder.count_tokens([parsed.text[s.start : s.end] for s in sentences])
+        chunks = sentence_chunks(sentences, counts, target_tokens=self.settings.chunk_tokens)
+        units = ParsedUnits(parsed.text, sentences, chunks)
+        report("embed", 0.3)
+        vectors: dict[str, np.ndarray] = {}
+        for i, (kind, build) in enumerate(self.vector_builders.items()):
+            vectors[kind] = build(self.embedder, units)
+            report("embed", 0.3 + 0.55 * (i + 1) / len(self.vector_builders))
+        report("index", 0.9)
+        name = title or (PurePath(filename).name if filename else None) or parsed.text.strip().splitlines()[0][:80]
+        with self._write_lock():
+            again = self.store.doc_by_sha(sha)  # a concurrent writer may have won the race
+            if again:
+                report("done", 1.0)
+                return IngestResult(again.doc_id, again.title, again.filename, False,
+                                    again.n_sentences, again.n_chunks, time.perf_counter() - t0)
+            with self.store.transaction() as conn:
+                chunk_ids = self.store.insert_document(
+                    conn, doc_id=doc_id, sha256=sha, title=name, filename=filename, kind=parsed.kind,
+                    n_bytes=len(data), text=parsed.text, sentences=sentences, chunks=chunks,
+                )
+                for kind, vecs in vectors.items():
+                    self.store.insert_vectors(conn, kind, chunk_ids, vecs)
+                self.store.bump_generation(conn)
+            self._apply_to_indexes(lambda index, kind: index.add(np.asarray(chunk_ids), vectors[kind]), vectors)
+        report("done", 1.0)
+        return IngestResult(doc_id, name, filename, True, len(sentences), len(chunks), time.perf_counter() - t0)
+
+    def ingest_path(self, path: Path, *, progress: Progress | None = None) -> IngestResult:
+        if not path.is_file():
+            raise NotFoundError(f"no such file: {path}")
+        size = path.stat().st_size
+        if size > self.settings.max_file_bytes:
+            raise FileTooLargeError(
+                f"{path} is {size} bytes; the limit is {self.settings.max_file_bytes} "
+                "(set LONGRAG_MAX_FILE_BYTES to change it)"
+            )
+        return self.ingest_bytes(path.read_bytes(), path.name, progress=progress)
+
+    def _apply_to_indexes(self, change: Callable[[VectorIndex, str], object], kinds: Sequence[str] | dict) -> None:
+        """Apply a change to each kind's index file (already committed in SQLite)."""
+        for kind in kinds:
+            index = self._load_raw(kind)
+            change(index, kind)
+            index.save(self._index_path(kind))
+            self._indexes[kind] = (self.store.generation(), index)
+
+    def _load_raw(self, kind: str) -> VectorIndex:
+        # The file lags the store by exactly this change. If it was stale already, its count
+        # will disagree with the store and index() rebuilds it from SQLite on the next read.
+        path = self._index_path(kind)
+        if path.exists():
+            try:
+                return VectorIndex.load(path, self.embedder.dim)
+            except (RuntimeError, ValueError):
+                pass
+        return VectorIndex(self.embedder.dim)
+
+    # -- reading -----------------------------------------------------------------------------
+    def list(self) -> list[DocumentInfo]:
+        return self.store.list()
+
+    def get(self, doc_id: str) -> DocumentInfo:
+        return self.store.get(doc_id)
+
+    def text(self, doc_id: str) -> str:
+        return self.store.text(doc_id)
+
+    def delete(self, doc_id: str) -> DocumentInfo:
+        with self._write_lock():
+            info = self.store.get(doc_id)
+            with self.store.transaction() as conn:
+                chunk_ids = self.store.delete_document(conn, doc_id)
+                self.store.bump_generation(conn)
+            kinds = [k for k in self.vector_builders]
+            self._apply_to_indexes(lambda index, kind: index.remove(np.asarray(chunk_ids, np.int64)), kinds)
+        return info
+
+    def check_docs(self, doc_ids: Sequence[str] | None) -> list[str] | None:
+        if not doc_ids:
+            return None
+        for d in doc_ids:
+            if not self.store.exists(d):
+                raise NotFoundError(f"no document with id {d!r}")
+        return list(doc_ids)
+
+    def search(
+        self, query: str, *, k: int = 10, doc_ids: Sequence[str] | None = None, kind: str = "chunk"
+    ) -> list[Hit]:
+        """Dense search over chunks; ``doc_ids`` restricts it to those documents."""
+        if not query or not query.strip():
+            raise InvalidRequestError("the query is empty")
+        if k <= 0:
+            raise InvalidRequestError("k must be positive")
+        docs = self.check_docs(doc_ids)
+        index = self.index(kind)
+        allowed = self.store.chunk_ids_for(docs) if docs else None
+        if allowed is not None and not len(allowed):
+            return []
+        qvec = self.embedder.encode([query])
+        scores, ids = index.search(qvec, k, allowed_ids=allowed)
+        return self.hits(ids[0], scores[0])
+
+    def hits(self, ids: Sequence[int], scores: Sequence[float]) -> list[Hit]:
+        pairs = [(int(i), float(s)) for i, s in zip(ids, scores) if int(i) >= 0]
+        rows = self.store.chunk_rows([i for i, _ in pairs])
+        texts: dict[str, str] = {}
+        out = []
+        for cid, score in pairs:
+            row = rows.get(cid)
+            if row is None:
+                continue
+            if row.doc_id not in texts:
+                texts[row.doc_id] = self.store.text(row.doc_id)
+            out.append(Hit(row.doc_id, row.start, row.end, texts[row.doc_id][row.start : row.end], score, cid))
+        return out

@@ -1,0 +1,221 @@
+"""Grounded question answering: retrieve, build the context by mode, decode, attach evidence.
+
+Modes are registered in :data:`MODES`; later techniques add theirs (``cfic``, ``rapid``,
+``refrag``) with :func:`register_mode`. Every mode returns the same :class:`Answer` shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from longrag.config import Settings, get_settings
+from longrag.errors import InvalidRequestError
+from longrag.generation.decoding import TokenCallback, generate
+from longrag.generation.prompts import answer_messages, context_block, encode_chat, prompt_overhead
+from longrag.retrieval.types import Hit
+from longrag.services.corpus import Corpus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    doc_id: str
+    start: int
+    end: int
+    text: str
+
+
+@dataclass
+class Answer:
+    answer: str
+    evidence: list[Evidence]
+    timings: dict[str, float]
+    stats: dict[str, Any] = field(default_factory=dict)
+    mode: str = "plain"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "answer": self.answer,
+            "evidence": [asdict(e) for e in self.evidence],
+            "timings": self.timings,
+            "stats": self.stats,
+            "mode": self.mode,
+        }
+
+
+@dataclass
+class Question:
+    """One question and its options, as every mode receives it."""
+
+    text: str
+    doc_ids: list[str] | None = None
+    mode: str = "plain"
+    k: int | None = None
+    max_new_tokens: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+ModeFn = Callable[["QAPipeline", Question, TokenCallback | None], Answer]
+MODES: dict[str, ModeFn] = {}
+
+
+def register_mode(name: str) -> Callable[[ModeFn], ModeFn]:
+    def deco(fn: ModeFn) -> ModeFn:
+        MODES[name] = fn
+        return fn
+
+    return deco
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def _norm_words(text: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+def ground(answer: str, hits: Sequence[Hit], corpus: Corpus, *, limit: int = 3) -> list[Evidence]:
+    """Evidence for an answer: the sentences of the retrieved passages that contain it.
+
+    Falls back to the passages themselves (by retrieval rank) when no sentence contains the
+    answer words in order. Offsets always index the document's parsed text.
+    """
+    words = _norm_words(answer)
+    found: list[Evidence] = []
+    if words and answer.strip().lower() != "unknown":
+        needle = " ".join(words)
+        for hit in hits:
+            text = corpus.text(hit.doc_id)
+            for s in corpus.store.sentences(hit.doc_id):
+                if s.end <= hit.start or s.start >= hit.end:
+                    continue
+                if needle in " ".join(_norm_words(text[s.start : s.end])):
+                    ev = Evidence(hit.doc_id, s.start, s.end, text[s.start : s.end])
+                    if ev not in found:
+                        found.append(ev)
+            if len(found) >= limit:
+                break
+    if found:
+        return found[:limit]
+    return [Evidence(h.doc_id, h.start, h.end, h.text) for h in hits[:limit]]
+
+
+class QAPipeline:
+    """Answers questions over a :class:`Corpus` with the registry's decoder."""
+
+    def __init__(self, corpus: Corpus, *, settings: Settings | None = None, decoder_name: str | None = None) -> None:
+        self.corpus = corpus
+        self.settings = settings or corpus.settings or get_settings()
+        self.decoder_name = decoder_name or self.settings.decoder
+        self._decoder = None
+
+    @property
+    def decoder(self):
+        if self._decoder is None:
+            from longrag.models.registry import load_decoder
+
+            self._decoder = load_decoder(self.decoder_name)
+        return self._decoder
+
+    def ask(self, question: Question, on_token: TokenCallback | None = None) -> Answer:
+        if not question.text or not question.text.strip():
+            raise InvalidRequestError("the question is empty")
+        if question.mode not in MODES:
+            raise InvalidRequestError(f"unknown mode {question.mode!r}; choose from {sorted(MODES)}")
+        question.doc_ids = self.corpus.check_docs(question.doc_ids)
+        if not self.corpus.list():
+            raise InvalidRequestError("no documents are ingested yet")
+        return MODES[question.mode](self, question, on_token)
+
+    # -- shared steps used by the modes ---------------------------------------------------------
+    def retrieve(self, question: Question) -> tuple[list[Hit], float]:
+        t0 = time.perf_counter()
+        hits = self.corpus.search(question.text, k=question.k or self.settings.top_k, doc_ids=question.doc_ids)
+        return hits, (time.perf_counter() - t0) * 1000
+
+    def answer_from_context(
+        self, question: Question, context: str, on_token: TokenCallback | None
+    ):
+        dec = self.decoder
+        ids = encode_chat(dec.tokenizer, answer_messages(question.text, context))
+        return generate(
+            dec.model, dec.tokenizer, ids,
+            max_new_tokens=question.max_new_tokens or self.settings.max_new_tokens, on_token=on_token,
+        )
+
+    def context_budget(self, question: Question) -> int:
+        dec = self.decoder
+        window = self.settings.full_context_tokens or dec.context_window
+        window = min(window, dec.context_window)
+        reserve = (question.max_new_tokens or self.settings.max_new_tokens) + prompt_overhead(dec.tokenizer, question.text) + 8
+        return max(64, window - reserve)
+
+
+def _timings(retrieval_ms: float, gen, t0: float) -> dict[str, float]:
+    return {
+        "retrieval_ms": round(retrieval_ms, 2),
+        "ttft_ms": round(retrieval_ms + gen.ttft_ms, 2),
+        "total_ms": round((time.perf_counter() - t0) * 1000, 2),
+        "tokens_per_s": round(gen.tokens_per_s, 2),
+    }
+
+
+@register_mode("plain")
+def plain_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -> Answer:
+    """Retrieve the top chunks, put them (in document order) in the prompt, answer."""
+    t0 = time.perf_counter()
+    hits, r_ms = pipe.retrieve(q)
+    ordered = sorted(hits, key=lambda h: (h.doc_id, h.start))
+    gen = pipe.answer_from_context(q, context_block([h.text for h in ordered]), on_token)
+    return Answer(
+        gen.text,
+        ground(gen.text, hits, pipe.corpus),
+        _timings(r_ms, gen, t0),
+        {"passages": len(hits), "prompt_tokens": gen.prompt_tokens, "generated_tokens": len(gen.token_ids)},
+        "plain",
+    )
+
+
+@register_mode("full")
+def full_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -> Answer:
+    """The whole document in the prompt, up to the decoder's window (centred on the best hit)."""
+    t0 = time.perf_counter()
+    hits, r_ms = pipe.retrieve(q)
+    if not hits:
+        raise InvalidRequestError("no passages found for the question")
+    doc_id = q.doc_ids[0] if q.doc_ids and len(q.doc_ids) == 1 else hits[0].doc_id
+    text = pipe.corpus.text(doc_id)
+    tok = pipe.decoder.tokenizer
+    budget = pipe.context_budget(q)
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    truncated = len(offsets) > budget
+    start_char, end_char = 0, len(text)
+    if truncated:
+        anchor = next((h for h in hits if h.doc_id == doc_id), hits[0])
+        centre = next((i for i, (a, _) in enumerate(offsets) if a >= anchor.start), 0)
+        first = max(0, min(centre - budget // 2, len(offsets) - budget))
+        start_char, end_char = offsets[first][0], offsets[first + budget - 1][1]
+    gen = pipe.answer_from_context(q, text[start_char:end_char], on_token)
+    doc_hits = [h for h in hits if h.doc_id == doc_id] or hits
+    return Answer(
+        gen.text,
+        ground(gen.text, doc_hits, pipe.corpus),
+        _timings(r_ms, gen, t0),
+        {
+            "doc_id": doc_id,
+            "context_tokens": min(len(offsets), budget),
+            "document_tokens": len(offsets),
+            "truncated": truncated,
+            "context_chars": [start_char, end_char],
+            "prompt_tokens": gen.prompt_tokens,
+            "generated_tokens": len(gen.token_ids),
+        },
+        "full",
+    )

@@ -1,0 +1,41 @@
+"""Shared fixtures: an isolated data directory per test, shared model caches, tiny models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = REPO.parent / "shared" / "datasets"
+MODEL_CACHE = Path(os.environ.get("LONGRAG_TEST_MODEL_CACHE", REPO / ".cache" / "models"))
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own empty data directory; the dequantized models are shared."""
+    from longrag.config import get_settings
+
+    d = tmp_path / "data"
+    monkeypatch.setenv("LONGRAG_DATA_DIR", str(d))
+    monkeypatch.setenv("LONGRAG_MODEL_CACHE", str(MODEL_CACHE))
+    monkeypatch.delenv("LONGRAG_BROKER_URL", raising=False)
+    monkeypatch.delenv("LONGRAG_API_KEY", raising=False)
+    get_settings.cache_clear()
+    yield d
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from longrag.models.tiny import build_tiny_decoder
+
+    return build_tiny_decoder(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def datasets() -> Path:
+    if not DATASETS.exists():
+        pytest.skip("../shared/datasets is not present")
+    return DATASETS
