@@ -51,6 +51,11 @@ def chunk_vectors(embedder: Embedder, units: ParsedUnits) -> np.ndarray:
     return embedder.encode([units.text[c.start : c.end] for c in units.chunks])
 
 
+IngestHook = Callable[["Corpus", str, ParsedUnits], None]
+"""Runs after a new document is committed (per-document caches: REFRAG chunk embeddings,
+SentenceKV state, ...). Hooks store their results with ``corpus.store.put_artifact``."""
+
+
 @dataclass(frozen=True, slots=True)
 class IngestResult:
     doc_id: str
@@ -69,6 +74,7 @@ class Corpus:
     settings: Settings = field(default_factory=get_settings)
     embedder_factory: Callable[[], Embedder] | None = None
     vector_builders: dict[str, VectorBuilder] = field(default_factory=lambda: {"chunk": chunk_vectors})
+    ingest_hooks: list[IngestHook] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -197,6 +203,9 @@ class Corpus:
                     self.store.insert_vectors(conn, kind, chunk_ids, vecs)
                 self.store.bump_generation(conn)
             self._apply_to_indexes(lambda index, kind: index.add(np.asarray(chunk_ids), vectors[kind]), vectors)
+        for i, hook in enumerate(self.ingest_hooks):
+            report("cache", 0.92 + 0.07 * i / len(self.ingest_hooks))
+            hook(self, doc_id, units)
         report("done", 1.0)
         return IngestResult(doc_id, name, filename, True, len(sentences), len(chunks), time.perf_counter() - t0)
 
