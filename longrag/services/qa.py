@@ -58,6 +58,8 @@ class Question:
     mode: str = "plain"
     k: int | None = None
     max_new_tokens: int | None = None
+    retriever: str | None = None  # chunk | situated | bm25 | hybrid (None: the default)
+    kv: str | None = None  # full | sentencekv (None: automatic by context length)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -114,6 +116,9 @@ class QAPipeline:
         self.settings = settings or corpus.settings or get_settings()
         self.decoder_name = decoder_name or self.settings.decoder
         self._decoder = None
+        from longrag.services import modes
+
+        modes.load_all()
 
     @property
     def decoder(self):
