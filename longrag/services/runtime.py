@@ -6,12 +6,16 @@ import logging
 import threading
 
 from longrag.config import Settings, get_settings
+from typing import TYPE_CHECKING
+
 from longrag.services.corpus import Corpus
-from longrag.services.qa import QAPipeline
+
+if TYPE_CHECKING:  # the QA pipeline imports torch: only load it when a question comes
+    from longrag.services.qa import QAPipeline
 
 _lock = threading.Lock()
 _corpus: dict[str, Corpus] = {}
-_pipelines: dict[str, QAPipeline] = {}
+_pipelines: dict[str, "QAPipeline"] = {}
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -37,7 +41,9 @@ def get_corpus(settings: Settings | None = None) -> Corpus:
         return _corpus[key]
 
 
-def get_pipeline(settings: Settings | None = None) -> QAPipeline:
+def get_pipeline(settings: Settings | None = None) -> "QAPipeline":
+    from longrag.services.qa import QAPipeline
+
     settings = settings or get_settings()
     corpus = get_corpus(settings)
     key = str(settings.data_dir)

@@ -1,0 +1,3 @@
+from longrag.cli import app
+
+app(prog_name="longrag")

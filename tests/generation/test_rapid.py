@@ -1,0 +1,386 @@
+"""RAPID: retrieval-augmented speculative decoding (tiny random decoders; one SmolLM2 test)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from scipy.stats import chisquare
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from longrag.config import Settings, get_settings
+from longrag.errors import InvalidRequestError
+from longrag.generation.decoding import generate
+from longrag.generation.prompts import answer_messages, encode_chat
+from longrag.generation.rapid import (
+    HybridDrafter,
+    KVState,
+    LMDrafter,
+    NgramDrafter,
+    RapidConfig,
+    adjusted_logits,
+    check_same_tokenizer,
+    context_budget,
+    rapid_generate,
+    retrieve_context,
+    select_chunks,
+    token_chunks,
+    verify,
+)
+from longrag.models.tiny import build_tiny_decoder
+from longrag.services.corpus import Corpus
+from longrag.services.qa import MODES, QAPipeline, Question
+
+CONTEXT = (
+    "The quick brown fox jumps over the lazy dog. She spent eleven years there. "
+    "Paris is the capital of France. The answer is unknown. "
+) * 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and do not spin-wait on a shared CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_decoder_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_decoder_dir)
+    return tok, AutoModelForCausalLM.from_pretrained(tiny_decoder_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def other_dir(tmp_path_factory) -> Path:
+    """Same tokenizer (deterministic BPE on the same text), different random weights."""
+    return build_tiny_decoder(tmp_path_factory.mktemp("tiny2") / "tiny-llama-seed1", seed=1)
+
+
+@pytest.fixture(scope="module")
+def other(other_dir):
+    """A drafter that often disagrees: untied, re-randomised output head (random tiny models with
+    tied embeddings tend to repeat one token, which would make every draft agree)."""
+    model = AutoModelForCausalLM.from_pretrained(other_dir).eval()
+    gen = torch.Generator().manual_seed(7)
+    w = torch.randn(model.lm_head.weight.shape, generator=gen) * model.lm_head.weight.std()
+    model.lm_head.weight = torch.nn.Parameter(w)
+    return model
+
+
+def _prompt(tok, context: str = CONTEXT, question: str = "What is the capital of France?") -> list[int]:
+    return encode_chat(tok, answer_messages(question, context))
+
+
+# -- drafter context -----------------------------------------------------------------------------
+
+
+def test_token_chunks_cover_text_without_overlap(tiny):
+    tok, _ = tiny
+    offsets = tok(CONTEXT, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    chunks = token_chunks(offsets, chunk_tokens=16)
+    assert chunks[0].tok_start == 0 and chunks[-1].tok_end == len(offsets)
+    assert all(a.tok_end == b.tok_start for a, b in zip(chunks, chunks[1:]))
+    assert all(c.tokens == 16 for c in chunks[:-1]) and 0 < chunks[-1].tokens <= 16
+
+
+def test_budget_is_max_of_floor_and_s_over_24():
+    assert context_budget(10_000, budget_tokens=4096) == 4096
+    assert context_budget(240_000, budget_tokens=4096) == 10_000
+    assert context_budget(100, budget_tokens=0, budget_ratio=24) == 5
+
+
+def test_selection_respects_threshold_budget_and_document_order(tiny):
+    tok, _ = tiny
+    offsets = tok(CONTEXT, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    chunks = token_chunks(offsets, chunk_tokens=10)
+    scores = [0.0] * len(chunks)
+    scores[5], scores[1], scores[3] = 0.9, 0.8, 0.7
+    assert select_chunks(chunks, scores, budget=20, threshold=0.3) == [1, 5]  # best two, doc order
+    assert select_chunks(chunks, scores, budget=1000, threshold=0.75) == [1, 5]
+    res = retrieve_context(CONTEXT, tok, scores, chunk_tokens=10, budget_tokens=30, threshold=0.3)
+    assert [c.index for c in res.chunks] == [1, 3, 5] and res.tokens <= res.budget_tokens
+    first = CONTEXT[res.chunks[0].start : res.chunks[0].end].strip()
+    assert res.text.startswith(first)
+    with pytest.raises(ValueError):
+        select_chunks(chunks, scores[:-1], budget=10)
+
+
+def test_empty_retrieval_falls_back_to_target_only(tiny):
+    tok, model = tiny
+    res = retrieve_context(CONTEXT, tok, lambda chunks: [0.1] * len(chunks), chunk_tokens=32, threshold=0.3)
+    assert res.empty and res.text == ""
+    ids = _prompt(tok)
+    out = rapid_generate(KVState(model), None, tok, ids, config=RapidConfig(max_new_tokens=8))
+    ref = generate(model, tok, ids, max_new_tokens=8)
+    assert out.token_ids == ref.token_ids and out.fallback and out.drafted == 0
+
+
+# -- the adjusted distribution and acceptance ----------------------------------------------------
+
+
+def test_eta_zero_is_plain_target_and_tail_guard_holds():
+    torch.manual_seed(0)
+    z = torch.randn(50) * 3
+    q = torch.softmax(torch.randn(50), -1)
+    p, adj = adjusted_logits(z, q, eta=0.0, temperature=0.7)
+    assert torch.equal(adj, z / 0.7)
+    p, adj = adjusted_logits(z, q, eta=10.0, temperature=0.7, tail=0.1)
+    tail = p < 0.1 * p.max()
+    assert tail.any() and torch.equal(adj[tail], (z / 0.7)[tail])
+    assert not torch.equal(adj[~tail], (z / 0.7)[~tail])
+
+
+def _simulate_two_tokens(zs, qs, *, eta: float, gamma: int, gen: torch.Generator) -> tuple[int, int]:
+    """Run speculative rounds on a context-free synthetic model until 2 tokens are out."""
+    out: list[int] = []
+    while len(out) < 2:
+        pos = len(out)
+        k = min(gamma, len(zs) - 1 - pos)
+        draft = [int(torch.multinomial(qs[pos + i], 1, generator=gen)) for i in range(k)]
+        v = verify(draft, qs[pos : pos + k], zs[pos : pos + k + 1], eta=eta, temperature=1.0, generator=gen)
+        out += draft[: v.accepted] + [v.next_token]
+    return out[0], out[1]
+
+
+def test_eta_zero_reproduces_target_distribution_chi_square():
+    """Speculative sampling with eta = 0: the first two tokens follow p0 x p1 exactly."""
+    torch.manual_seed(1)
+    V, n = 5, 3_000
+    zs = torch.randn(4, V) * 1.5
+    qs = torch.softmax(torch.randn(4, V) * 1.5, -1)  # a drafter that disagrees with the target
+    p = torch.softmax(zs, -1)
+    gen = torch.Generator().manual_seed(123)
+    counts = Counter(_simulate_two_tokens(zs, qs, eta=0.0, gamma=3, gen=gen) for _ in range(n))
+    joint = (p[0][:, None] * p[1][None, :]).flatten().double()
+    expected = joint / joint.sum() * n
+    observed = torch.tensor([counts.get((a, b), 0) for a in range(V) for b in range(V)], dtype=torch.float64)
+    stat = chisquare(observed.numpy(), expected.double().numpy())
+    assert stat.pvalue > 1e-3, stat
+    # the same test rejects eta > 0 (deliberately not lossless)
+    gen = torch.Generator().manual_seed(123)
+    biased = Counter(_simulate_two_tokens(zs, qs, eta=20.0, gamma=3, gen=gen) for _ in range(n))
+    observed = torch.tensor([biased.get((a, b), 0) for a in range(V) for b in range(V)], dtype=torch.float64)
+    assert chisquare(observed.numpy(), expected.double().numpy()).pvalue < 1e-4
+
+
+def test_eta_zero_first_token_distribution_with_real_tiny_models(tiny, other):
+    """End to end on tiny models: the first answer token's distribution is the target's."""
+    tok, model = tiny
+    ids = _prompt(tok)
+    draft_ids = _prompt(tok, context="She spent eleven years there.")
+    temp = 0.3  # sharpen the random model so a few hundred samples suffice
+    with torch.inference_mode():
+        z = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+    p = torch.softmax(z / temp, -1)
+    target, dstate = KVState(model), KVState(other)
+    n = 300
+    firsts = []
+    for seed in range(n):
+        drafter = LMDrafter(other, draft_ids, state=dstate, min_confidence=0.0)
+        r = rapid_generate(target, drafter, tok, ids, on_token=None,
+                           config=RapidConfig(max_new_tokens=1, temperature=temp, eta=0.0, seed=seed))
+        firsts.append(r.token_ids[0] if r.token_ids else tok.eos_token_id)
+    top = [t for t in torch.argsort(p, descending=True)[:8].tolist() if p[t] * n >= 5]
+    counts = Counter(firsts)
+    obs = [counts.get(t, 0) for t in top]
+    exp = [float(p[t]) * n for t in top]
+    rest_obs, rest_exp = n - sum(obs), n - sum(exp)
+    if rest_exp >= 5:
+        obs.append(rest_obs)
+        exp.append(rest_exp)
+    else:  # fold a negligible remainder into the first bin
+        obs[0] += rest_obs
+        exp[0] += rest_exp
+    assert len(obs) >= 2
+    assert chisquare(obs, exp).pvalue > 1e-3
+
+
+# -- greedy: exact equality with target-only decoding -------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["llm", "hybrid", "ngram"])
+def test_greedy_eta_zero_equals_target_greedy(tiny, other, kind):
+    tok, model = tiny
+    for question in ("What is the capital of France?", "How long did she stay?"):
+        ids = _prompt(tok, question=question)
+        ref = generate(model, tok, ids, max_new_tokens=24)
+        draft_ids = _prompt(tok, context="Paris is the capital of France. The quick brown fox.", question=question)
+        llm = LMDrafter(other, draft_ids, min_confidence=0.0)  # a drafter that is often wrong
+        drafter = {"llm": llm, "ngram": NgramDrafter(draft_ids),
+                   "hybrid": HybridDrafter(NgramDrafter(draft_ids), llm)}[kind]
+        pieces: list[str] = []
+        res = rapid_generate(KVState(model), drafter, tok, ids, on_token=pieces.append,
+                             config=RapidConfig(gamma=4, eta=0.0, temperature=0.0, max_new_tokens=24))
+        assert res.token_ids == ref.token_ids
+        assert "".join(pieces).strip() == res.text == ref.text
+        assert res.accepted <= res.drafted and res.target_calls <= len(res.token_ids) + 1
+        if kind != "ngram":
+            assert res.drafted > 0
+
+
+def test_same_weights_drafter_is_accepted_more_than_other_weights(tiny, other):
+    tok, model = tiny
+    ids = _prompt(tok)
+    same = rapid_generate(KVState(model), LMDrafter(model, ids, min_confidence=0.0), tok, ids,
+                          config=RapidConfig(gamma=4, max_new_tokens=16))
+    assert same.acceptance_rate == 1.0  # identical context and weights: every draft agrees
+    diff = rapid_generate(KVState(model), LMDrafter(other, ids, min_confidence=0.0), tok, ids,
+                          config=RapidConfig(gamma=4, max_new_tokens=16))
+    assert diff.acceptance_rate < same.acceptance_rate
+
+
+def test_eta_pulls_greedy_output_toward_the_drafter(tiny, other):
+    tok, model = tiny
+    ids = _prompt(tok)
+    base = rapid_generate(KVState(model), LMDrafter(other, ids, min_confidence=0.0), tok, ids,
+                          config=RapidConfig(gamma=4, eta=0.0, max_new_tokens=16))
+    pulled = rapid_generate(KVState(model), LMDrafter(other, ids, min_confidence=0.0), tok, ids,
+                            config=RapidConfig(gamma=4, eta=1000.0, tail=0.0, max_new_tokens=16))
+    assert pulled.acceptance_rate > base.acceptance_rate
+    assert pulled.acceptance_rate == 1.0  # with no tail guard and a huge eta, the drafter wins
+
+
+# -- caches ----------------------------------------------------------------------------------
+
+
+def test_caches_stay_consistent_after_cropping(tiny, other):
+    tok, model = tiny
+    ids = _prompt(tok)
+    target, dstate = KVState(model), KVState(other)
+    draft_ids = _prompt(tok, context="Paris is the capital of France.")
+    res = rapid_generate(target, LMDrafter(other, draft_ids, state=dstate, min_confidence=0.0), tok, ids,
+                         config=RapidConfig(gamma=5, max_new_tokens=20))
+    assert res.drafted > res.accepted  # rejections happened, so caches were cropped
+    for state in (target, dstate):
+        assert state.cache.get_seq_length() == len(state.tokens)
+        fresh = KVState(state.model)
+        fresh.feed(state.tokens)
+        for a, b in zip(state.cache.layers, fresh.cache.layers):
+            torch.testing.assert_close(a.keys, b.keys, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(a.values, b.values, rtol=1e-4, atol=1e-5)
+    assert target.tokens == ids + res.token_ids[:-1] or target.tokens[: len(ids)] == ids
+    # the state is reusable: a second run from the same caches gives the same answer
+    again = rapid_generate(target, LMDrafter(other, draft_ids, state=dstate, min_confidence=0.0), tok, ids,
+                           config=RapidConfig(gamma=5, max_new_tokens=20))
+    assert again.token_ids == res.token_ids
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs", [dict(gamma=0), dict(gamma=-3), dict(eta=-0.5), dict(eta=float("nan")),
+                                    dict(temperature=-1.0), dict(max_new_tokens=0)])
+def test_bad_config_is_refused(kwargs):
+    with pytest.raises(ValueError):
+        RapidConfig(**kwargs)
+
+
+def test_different_tokenizers_are_refused(tiny, tmp_path):
+    tok, _ = tiny
+    odd = AutoTokenizer.from_pretrained(build_tiny_decoder(tmp_path / "odd", vocab_size=300))
+    with pytest.raises(ValueError, match="tokenizer"):
+        check_same_tokenizer(tok, odd)
+    check_same_tokenizer(tok, AutoTokenizer.from_pretrained(tok.name_or_path))
+
+
+def test_ngram_drafter_copies_from_reference():
+    d = NgramDrafter([5, 6, 7, 8, 9, 6, 7, 1, 2], max_ngram=2)
+    assert d.propose([6, 7], 3).tokens == [1, 2]  # most recent match of the bigram
+    assert d.propose([9, 5], 3).tokens == [6, 7, 8]  # falls back to the unigram "5"
+    assert d.propose([42], 3).tokens == [] and d.misses == 1
+    with pytest.raises(ValueError):
+        NgramDrafter([1, 2], min_ngram=0)
+
+
+# -- the QA mode --------------------------------------------------------------------------------
+
+DOC = (
+    "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy. "
+    "They were descended from Norse raiders and pirates from Denmark, Iceland and Norway. "
+    "Their leader Rollo agreed to swear fealty to King Charles III of West Francia.\n\n"
+    "The Norman dynasty had a major political, cultural and military impact on medieval Europe. "
+) * 6
+
+
+def _pipe(tiny_decoder_dir, **settings) -> QAPipeline:
+    s = Settings(**settings) if settings else get_settings()
+    corpus = Corpus(settings=s)
+    corpus.ingest_bytes(DOC.encode(), "normans.txt")
+    return QAPipeline(corpus, settings=s, decoder_name=str(tiny_decoder_dir))
+
+
+def test_rapid_mode_answers_with_stats_evidence_and_streaming(tiny_decoder_dir):
+    pipe = _pipe(tiny_decoder_dir)
+    assert "rapid" in MODES
+    streamed: list[str] = []
+    q = Question("Who was the Norman leader?", mode="rapid", max_new_tokens=10,
+                 options={"budget_tokens": 64, "threshold": 0.0, "drafter": "llm"})
+    ans = pipe.ask(q, streamed.append)
+    assert ans.mode == "rapid" and "".join(streamed).strip() == ans.answer
+    for key in ("acceptance_rate", "mean_accepted", "drafted", "accepted"):
+        assert key in ans.stats
+    assert ans.stats["drafted"] > 0 and 0 <= ans.stats["acceptance_rate"] <= 1
+    assert 0 < ans.stats["drafter_context_tokens"] <= 64 + 0 and ans.stats["context_tokens"] > 64
+    assert ans.evidence and all(DOC[e.start : e.end] == e.text for e in ans.evidence)
+    assert set(ans.timings) == {"retrieval_ms", "ttft_ms", "total_ms", "tokens_per_s"}
+    json.dumps(ans.to_dict())
+    # greedy, eta = 0: the same answer as the full mode's target-only decoding
+    full = pipe.ask(Question("Who was the Norman leader?", mode="full", max_new_tokens=10, kv="full"))
+    assert ans.answer == full.answer
+
+
+def test_rapid_mode_empty_retrieval_and_bad_options(tiny_decoder_dir):
+    pipe = _pipe(tiny_decoder_dir)
+    ans = pipe.ask(Question("Who was the Norman leader?", mode="rapid", max_new_tokens=6,
+                            options={"threshold": 2.0}))
+    assert ans.stats["fallback_target_only"] and ans.stats["drafted"] == 0 and ans.stats["drafter"] is None
+    for bad in ({"gamma": 0}, {"eta": -1}, {"drafter": "oracle"}, {"gamma": "many"}):
+        with pytest.raises(InvalidRequestError):
+            pipe.ask(Question("Who was the Norman leader?", mode="rapid", options=bad))
+
+
+def test_rapid_mode_refuses_drafter_with_other_tokenizer(tiny_decoder_dir, tmp_path):
+    odd = build_tiny_decoder(tmp_path / "odd-vocab", vocab_size=300)
+    pipe = _pipe(tiny_decoder_dir, rapid_drafter=str(odd))
+    with pytest.raises(InvalidRequestError, match="tokenizer"):
+        pipe.ask(Question("Who was the Norman leader?", mode="rapid", max_new_tokens=4))
+
+
+def test_rapid_mode_with_another_same_tokenizer_drafter(tiny_decoder_dir, other_dir):
+    pipe = _pipe(tiny_decoder_dir, rapid_drafter=str(other_dir))
+    ans = pipe.ask(Question("Who was the Norman leader?", mode="rapid", max_new_tokens=8,
+                            options={"threshold": 0.0, "budget_tokens": 64, "drafter": "llm"}))
+    assert ans.stats["drafter_model"] == str(other_dir)
+    full = pipe.ask(Question("Who was the Norman leader?", mode="full", max_new_tokens=8, kv="full"))
+    assert ans.answer == full.answer  # lossless at eta = 0, greedy
+
+
+# -- real model --------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_smollm2_rapid_greedy_matches_target_and_accepts_most_drafts():
+    from longrag.models.registry import load_decoder
+
+    dec = load_decoder("smollm2-135m-instruct")
+    tok, model = dec.tokenizer, dec.model
+    para = ("Rollo was a Viking leader who founded the Duchy of Normandy in 911. "
+            "The duchy later became a powerful feudal state. ")
+    filler = "The weather in the valley was mild and the harvest was good that year. " * 40
+    context = filler + para + filler
+    q = "Who founded the Duchy of Normandy?"
+    ids = encode_chat(tok, answer_messages(q, context))
+    ref = generate(model, tok, ids, max_new_tokens=16)
+    retrieved = retrieve_context(context, tok, lambda cs: [1.0 if "Rollo" in context[c.start:c.end] else 0.0
+                                                           for c in cs], chunk_tokens=128, budget_tokens=128)
+    assert "Rollo" in retrieved.text
+    draft_ids = encode_chat(tok, answer_messages(q, retrieved.text))
+    res = rapid_generate(KVState(model), LMDrafter(model, draft_ids), tok, ids,
+                         config=RapidConfig(max_new_tokens=16))
+    assert res.token_ids == ref.token_ids
+    assert res.acceptance_rate >= 0.5, res.stats()

@@ -1,0 +1,219 @@
+"""SentenceKV cache: exact fallback, segmentation, budget, bad input, persistence, a real needle."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, GPT2Config
+
+from longrag.generation import sentencekv as skv
+
+LONG_TEXT = "The quick brown fox jumps over the lazy dog. She spent eleven years there! What is it? " * 30
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_decoder_dir: Path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_decoder_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_decoder_dir)
+    return model, tok
+
+
+def _ids(tok, text: str) -> list[int]:
+    return list(tok(text, add_special_tokens=False)["input_ids"])
+
+
+CFG = skv.SentenceKVConfig(budget=64, retention_ratio=2.0, sink=8, recent=8, max_sentence_tokens=16)
+
+
+def test_short_prompt_is_exactly_full_kv(tiny) -> None:
+    model, tok = tiny
+    ids = _ids(tok, "Paris is the capital of France. What is the capital of France?")
+    assert len(ids) <= CFG.full_kv_limit
+    cache = skv.new_cache(model, tok, CFG)
+    logits = skv.prefill(model, cache, ids)
+    ref_cache = DynamicCache()
+    with torch.inference_mode():
+        ref = model(input_ids=torch.tensor([ids]), cache=ref_cache, use_cache=True).logits[:, -1]
+    assert cache.full
+    torch.testing.assert_close(logits, ref, rtol=0, atol=1e-5)
+    for tid in (5, 17, 42, 9):
+        got = skv.append(model, cache, [tid], generated=True)
+        with torch.inference_mode():
+            want = model(input_ids=torch.tensor([[tid]]), cache=ref_cache, use_cache=True).logits[:, -1]
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert cache.kv_bytes() == sum(k.numel() * k.element_size() * 2 for k, _, _ in ref_cache)
+    # the model is back on sdpa and unaffected afterwards
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_segmentation_on_token_ids(tiny) -> None:
+    _, tok = tiny
+    bounds = skv.boundary_token_ids(tok)
+    ids = _ids(tok, "The dog. She spent years there!\nWhat is it?")
+    sid = skv.segment_sentences(ids, bounds, max_len=100)
+    texts = ["".join(tok.decode([t]) for t, s in zip(ids, sid) if s == k) for k in range(sid.max() + 1)]
+    assert texts[0] == "The dog."
+    assert texts[1].startswith(" She") and texts[1].endswith("!\n")  # a run of boundaries stays together
+    assert texts[-1].endswith("?")
+    # no punctuation at all: fixed pieces of max_len tokens, ids non-decreasing
+    flat = list(range(50, 50 + 37))
+    sid = skv.segment_sentences([t for t in flat if t not in bounds], bounds, max_len=10)
+    assert (sid[1:] >= sid[:-1]).all() and max(list(sid).count(k) for k in set(sid.tolist())) <= 10
+    assert skv.segment_sentences([], bounds, max_len=4).size == 0
+
+
+def _long_cache(model, tok, text: str, cfg: skv.SentenceKVConfig = CFG):
+    ids = _ids(tok, text)
+    cache = skv.new_cache(model, tok, cfg)
+    logits = skv.prefill(model, cache, ids)
+    return ids, cache, logits
+
+
+def test_prefill_retention_and_decode_selection_respect_budget(tiny) -> None:
+    model, tok = tiny
+    ids, cache, logits = _long_cache(model, tok, LONG_TEXT)
+    n = len(ids)
+    assert n > CFG.full_kv_limit and not cache.full
+    for layer in cache.layers:
+        assert layer.compressed
+        pos = layer.pos[:, : layer.size]
+        # every head keeps sink + the observation window (>= recent) + r * tau tokens
+        assert layer.size == CFG.sink + max(CFG.recent, CFG.window) + CFG.retained
+        for h in range(pos.shape[0]):
+            kept = set(pos[h].tolist())
+            assert set(range(CFG.sink)) <= kept and set(range(n - CFG.recent, n)) <= kept
+    assert cache.kv_bytes() < cache.full_kv_bytes(model.config) / 3
+    assert cache.peak_prefill_bytes < cache.full_kv_bytes(model.config)
+    # decode a few tokens, then check the selection of every layer against the budget
+    tid = int(logits.argmax())
+    for _ in range(5):
+        tid = int(skv.append(model, cache, [tid], generated=True).argmax())
+    torch.manual_seed(0)
+    total = cache.get_seq_length()
+    for layer in cache.layers:
+        qbar = torch.randn(model.config.num_attention_heads, layer.ksum.shape[-1])
+        pos = layer.pos[:, : layer.size]
+        sid = layer.sid[:, : layer.size]
+        rows = cache._sentence_rows(layer, qbar, pos, total)
+        always = (pos < CFG.sink) | (pos >= total - CFG.recent) | (sid == (cache.gen_sentence if cache.gen_sentence is not None else -2))
+        assert rows[always].all()  # sink, recent and the open sentence are always attended
+        by_sentence = (rows & ~always).sum(dim=1)
+        assert (by_sentence <= CFG.budget).all()
+        assert (rows.sum(dim=1) > CFG.sink + CFG.recent).all()  # and some sentences were selected
+        # selected rows come in whole sentences (of what the head retained)
+        for h in range(rows.shape[0]):
+            chosen = set(sid[h][rows[h] & ~always[h]].tolist())
+            for s in chosen:
+                assert rows[h][sid[h] == s].all()
+
+
+def test_generation_without_punctuation_and_one_enormous_sentence(tiny) -> None:
+    model, tok = tiny
+    words = "the quick brown fox jumps over the lazy dog she spent eleven years there "
+    for text in (words * 40, words * 40 + "."):  # no punctuation; one 400-word sentence
+        cfg = skv.SentenceKVConfig(budget=48, sink=4, recent=4, max_sentence_tokens=500)
+        assert cfg.sentence_cap == 48  # a bucket can never exceed the budget
+        ids, cache, logits = _long_cache(model, tok, text, cfg)
+        assert cache.n_sentences >= len(ids) // 48
+        res = skv.decode(model, tok, cache, logits, max_new_tokens=6)
+        assert torch.isfinite(logits).all() and len(res.token_ids) >= 1
+        assert res.compressed and res.kv_bytes < res.kv_bytes_full
+
+
+def test_batch_size_above_one_is_refused(tiny) -> None:
+    model, tok = tiny
+    cache = skv.new_cache(model, tok, CFG)
+    x = torch.tensor([_ids(tok, "The dog.")] * 2)
+    with pytest.raises(skv.SentenceKVError, match="batch size 1"), skv.sentencekv_attention(model):
+        model(input_ids=x, cache=cache, use_cache=True, sentencekv=cache)
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_unsupported_model_type_is_refused(tmp_path: Path) -> None:
+    cfg = GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50)
+    with pytest.raises(skv.SentenceKVError, match="model types"):
+        skv.SentenceKVCache(cfg, CFG, frozenset())
+
+
+def test_qwen2_arch_and_peer_policies_run(tmp_path: Path) -> None:
+    from longrag.models.tiny import build_tiny_decoder
+
+    path = build_tiny_decoder(tmp_path / "q", arch="qwen2")
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    for policy in ("sentencekv", "snapkv", "streaming"):
+        cfg = skv.SentenceKVConfig(budget=64, sink=8, recent=8, policy=policy)
+        res, cache = skv.generate(model, tok, _ids(tok, LONG_TEXT), cfg, max_new_tokens=4)
+        assert res.compressed and 0 < res.kv_bytes < res.kv_bytes_full
+        if policy != "sentencekv":
+            assert cache.layers[0].size <= cfg.sink + max(cfg.recent, cfg.window) + cfg.budget + 4
+
+
+def test_state_roundtrip_gives_identical_logits(tiny) -> None:
+    model, tok = tiny
+    ids, cache, _ = _long_cache(model, tok, LONG_TEXT)
+    tensors, meta = cache.state_dict()
+    again = skv.SentenceKVCache.from_state(model.config, tensors, meta, skv.boundary_token_ids(tok))
+    question = _ids(tok, "Question: What is the capital of France?\nAnswer:")
+    a = skv.append(model, cache, question)
+    b = skv.append(model, again, question)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for _ in range(3):
+        t = int(a.argmax())
+        a, b = skv.append(model, cache, [t], generated=True), skv.append(model, again, [t], generated=True)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_document_cache_is_built_once_then_reused(tiny, tiny_decoder_dir: Path, data_dir: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from longrag.config import get_settings
+    from longrag.models.registry import Decoder
+    from longrag.services.kvcache import DocumentKVCache, split_prompt
+
+    model, tok = tiny
+    monkeypatch.setenv("LONGRAG_SENTENCEKV_BUDGET", "64")
+    monkeypatch.setenv("LONGRAG_SENTENCEKV_SINK", "8")
+    monkeypatch.setenv("LONGRAG_SENTENCEKV_RECENT", "8")
+    get_settings.cache_clear()
+    settings = get_settings()
+    dec = Decoder("tiny", model, tok, 4096, "cpu")
+    store = DocumentKVCache(settings, dec)
+    assert store.config.budget == 64
+    prefix, suffix = split_prompt(tok, "What is it?", LONG_TEXT)
+    assert tok.decode(suffix).startswith("\n\nQuestion: What is it?")
+    span = (0, len(LONG_TEXT))
+    first = store.answer("doc1", span, LONG_TEXT, "What is it?", max_new_tokens=5)
+    assert not first.reused and first.stats["kv_bytes"] < first.stats["kv_bytes_full"]
+    assert list((data_dir / "kvcache" / "doc1").glob("*.safetensors"))
+    second = store.answer("doc1", span, LONG_TEXT, "What is it?", max_new_tokens=5)
+    assert second.reused and second.result.token_ids == first.result.token_ids
+    other = store.answer("doc1", span, LONG_TEXT, "Where did she spend eleven years?", max_new_tokens=5)
+    assert other.reused
+    store.drop("doc1")
+    assert not (data_dir / "kvcache" / "doc1").exists()
+
+
+@pytest.mark.integration
+def test_smollm2_finds_a_needle_with_a_small_budget(datasets: Path) -> None:
+    from longrag.generation.prompts import answer_messages, encode_chat
+    from longrag.models.registry import load_decoder
+
+    dec = load_decoder("smollm2-135m-instruct")
+    book = sorted((datasets / "gutenberg").glob("pg*.txt"))[0].read_text(errors="ignore")
+    words = book.split()
+    rng = random.Random(3)
+    start = rng.randrange(0, max(1, len(words) - 3000))
+    hay = " ".join(words[start : start + 1500])
+    cut = len(hay) // 2
+    cut = hay.find(". ", cut) + 2
+    needle = "The secret passcode for the vault is 73915. "
+    context = hay[:cut] + needle + hay[cut:]
+    ids = encode_chat(dec.tokenizer, answer_messages("What is the secret passcode for the vault?", context))
+    cfg = skv.SentenceKVConfig(budget=256, retention_ratio=2.0)
+    assert len(ids) > 4 * cfg.budget
+    res, _ = skv.generate(dec.model, dec.tokenizer, ids, cfg, max_new_tokens=24)
+    assert "73915" in res.text
+    assert res.kv_bytes < res.kv_bytes_full / 2

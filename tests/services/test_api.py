@@ -1,0 +1,235 @@
+"""The REST API in embedded mode (no broker): a real uvicorn on a loopback port, driven by httpx.
+
+Ingestion and questions run on the API's own thread pool with the real MiniLM embedder and the
+tiny random decoder (answer quality does not matter here, the contract does).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from longrag.config import Settings
+from longrag.services.api import create_app
+
+DOC = (
+    "The lighthouse at Cape Wrath was built in 1828 by Robert Stevenson. "
+    "Its keeper, Angus MacLeod, lived there with two assistants and a grey cat named Biscuit. "
+    "Supply boats came from Durness every second Thursday, weather permitting. "
+    "In the great storm of 1877 the lamp burned for nine days without rest. "
+    "The keepers kept a logbook of every passing ship, and the logbook survives in Edinburgh. "
+    "Today the light is automatic, and the cottages are empty except in summer."
+)
+OTHER = (
+    "Beekeeping in the valley began with monks who kept straw skeps behind the abbey. "
+    "Their honey was traded for salt and wool at the autumn fair. "
+    "A good hive could give twenty pounds of honey in a warm year."
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve(settings: Settings) -> Iterator[httpx.Client]:
+    """A real uvicorn serving ``create_app(settings)`` in a thread; yields a client for it."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def wait_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] in ("succeeded", "failed"):
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} stuck: {job}"
+        time.sleep(0.05)
+
+
+def sse_events(response: httpx.Response) -> Iterator[tuple[str, dict, float]]:
+    """(event name, JSON data, arrival time) for each server-sent event of a streaming response."""
+    name, data = "message", []
+    for line in response.iter_lines():
+        if not line:
+            if data:
+                yield name, json.loads("\n".join(data)), time.time()
+            name, data = "message", []
+        elif line.startswith("event:"):
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith("data:"):
+            data.append(line.split(":", 1)[1].strip())
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory, tiny_decoder_dir: Path) -> Iterator[httpx.Client]:
+    settings = Settings(data_dir=tmp_path_factory.mktemp("api-data"), decoder=str(tiny_decoder_dir),
+                        max_file_bytes=20_000, top_k=2, max_new_tokens=8, broker_url=None, api_key=None)
+    with serve(settings) as client:
+        yield client
+
+
+def snapshot(client: httpx.Client) -> tuple:
+    """Everything a failed request must leave unchanged: documents and job counts."""
+    docs = client.get("/v1/documents").json()
+    jobs = client.get("/healthz").json()["jobs"]
+    return json.dumps(docs, sort_keys=True), json.dumps(jobs, sort_keys=True)
+
+
+def test_ingest_query_batch_delete_over_http(api: httpx.Client):
+    r = api.post("/v1/documents", json={"text": DOC, "title": "Cape Wrath"})
+    assert r.status_code == 202, r.text
+    doc_id, job_id = r.json()["doc_id"], r.json()["job_id"]
+    job = wait_job(api, job_id)
+    assert job["state"] == "succeeded" and job["progress"] == 1.0 and job["error"] is None
+    stages = [h["stage"] for h in job["history"]]
+    assert [s for s in stages if s in ("parse", "segment", "embed", "index", "done")] == \
+        ["parse", "segment", "embed", "index", "done"]
+    progress = [h["progress"] for h in job["history"]]
+    assert progress == sorted(progress) and 0 < progress[0] < progress[-1] == 1.0
+
+    again = api.post("/v1/documents", json={"text": DOC, "title": "Cape Wrath"}).json()
+    assert again["doc_id"] == doc_id and wait_job(api, again["job_id"])["state"] == "succeeded"
+    up = api.post("/v1/documents", files={"file": ("bees.txt", OTHER.encode(), "text/plain")})
+    assert up.status_code == 202
+    assert wait_job(api, up.json()["job_id"])["state"] == "succeeded"
+    docs = api.get("/v1/documents").json()
+    assert sorted(d["doc_id"] for d in docs) == sorted([doc_id, up.json()["doc_id"]])
+    assert api.get(f"/v1/documents/{doc_id}").json()["title"] == "Cape Wrath"
+    assert api.get(f"/v1/documents/{doc_id}/text").json()["text"] == DOC
+
+    res = api.post("/v1/query", json={"question": "Who built the lighthouse?", "doc_ids": [doc_id]})
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert set(body) >= {"answer", "evidence", "timings", "stats", "mode"} and body["mode"] == "plain"
+    assert body["evidence"] and all(DOC[e["start"]:e["end"]] == e["text"] for e in body["evidence"])
+    assert body["timings"]["total_ms"] >= body["timings"]["ttft_ms"] > 0
+
+    with api.stream("POST", "/v1/query", json={"question": "Who built the lighthouse?", "doc_ids": [doc_id],
+                                               "stream": True}) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        events = list(sse_events(resp))
+    names = [e[0] for e in events]
+    assert names[-1] == "result" and set(names[:-1]) == {"token"}
+    final = events[-1][1]
+    assert len(names) - 1 == final["stats"]["generated_tokens"]
+    assert "".join(e[1]["token"] for e in events[:-1]).strip() == final["answer"]
+    assert final["answer"] == body["answer"]  # greedy: the same answer streamed or not
+
+    questions = ["Who built the lighthouse?", {"question": "What did the monks keep?"}, "What was the cat called?"]
+    b = api.post("/v1/batch", json=questions)
+    assert b.status_code == 202 and b.json()["n_items"] == 3
+    assert wait_job(api, b.json()["job_id"])["state"] == "succeeded"
+    lines = api.get(f"/v1/batch/{b.json()['job_id']}/results")
+    assert lines.headers["content-type"].startswith("application/x-ndjson")
+    rows = [json.loads(x) for x in lines.text.splitlines()]
+    assert [r["index"] for r in rows] == [0, 1, 2]
+    assert [r["question"] for r in rows] == ["Who built the lighthouse?", "What did the monks keep?",
+                                             "What was the cat called?"]
+    assert all("answer" in r and "evidence" in r for r in rows)
+    jsonl = b'{"question": "When was it built?"}\n\n"Where did boats come from?"\n'
+    b2 = api.post("/v1/batch", files={"file": ("q.jsonl", jsonl, "application/x-ndjson")})
+    assert b2.status_code == 202 and wait_job(api, b2.json()["job_id"])["state"] == "succeeded"
+    rows2 = [json.loads(x) for x in api.get(f"/v1/batch/{b2.json()['job_id']}/results").text.splitlines()]
+    assert [r["question"] for r in rows2] == ["When was it built?", "Where did boats come from?"]
+
+    health = api.get("/healthz").json()
+    assert health["status"] == "ok" and health["mode"] == "embedded" and health["index"]["chunk"]["status"] == "ok"
+    metrics = api.get("/metrics").text
+    for name in ("longrag_request_seconds_bucket", "longrag_jobs{", "longrag_queue_depth{",
+                 "longrag_ingest_bytes_per_second", "longrag_ingested_bytes_total"):
+        assert name in metrics
+    assert 'longrag_jobs{kind="ingest",state="succeeded"}' in metrics
+
+    other = up.json()["doc_id"]
+    assert api.delete(f"/v1/documents/{other}").json() == {"doc_id": other, "deleted": True}
+    assert api.get(f"/v1/documents/{other}").status_code == 404
+    assert [d["doc_id"] for d in api.get("/v1/documents").json()] == [doc_id]
+    assert api.get("/healthz").json()["index"]["chunk"]["status"] == "ok"
+    assert "/v1/query" in api.get("/openapi.json").json()["paths"]
+    assert api.get("/docs").status_code == 200
+
+
+def _err(r: httpx.Response, status: int) -> dict:
+    assert r.status_code == status, (r.status_code, r.text)
+    err = r.json()["error"]
+    assert err["code"] and err["message"]
+    return err
+
+
+def test_bad_input_gets_clear_json_errors_and_changes_nothing(api: httpx.Client):
+    r = api.post("/v1/documents", json={"text": OTHER, "title": "kept"})
+    wait_job(api, r.json()["job_id"])
+    before = snapshot(api)
+    # 413: over LONGRAG_MAX_FILE_BYTES (20 kB here), as JSON text and as a file
+    assert _err(api.post("/v1/documents", json={"text": "word " * 5000}), 413)["code"] == "too_large"
+    _err(api.post("/v1/documents", files={"file": ("big.txt", b"x. " * 10_000, "text/plain")}), 413)
+    # 415: unknown file type, unknown content type
+    assert _err(api.post("/v1/documents", files={"file": ("tool.exe", b"MZ\x90\x00", "application/x-msdownload")}),
+                415)["code"] == "unsupported_type"
+    _err(api.post("/v1/documents", content=b"plain words", headers={"content-type": "text/plain"}), 415)
+    # 422: malformed JSON, empty documents and questions
+    assert _err(api.post("/v1/query", content=b'{"question": ', headers={"content-type": "application/json"}),
+                422)["code"] == "malformed_json"
+    _err(api.post("/v1/documents", content=b'{"text": ', headers={"content-type": "application/json"}), 422)
+    _err(api.post("/v1/batch", content=b'["a", ', headers={"content-type": "application/json"}), 422)
+    _err(api.post("/v1/documents", json={"text": "   "}), 422)
+    assert "empty" in _err(api.post("/v1/query", json={"question": "   "}), 422)["message"]
+    _err(api.post("/v1/query", json={"question": "x", "mode": "no-such-mode"}), 422)
+    _err(api.post("/v1/query", json={"question": "x", "k": 0}), 422)
+    _err(api.post("/v1/batch", json=["fine", ""]), 422)
+    _err(api.post("/v1/batch", json=[]), 422)
+    # 404: unknown ids everywhere
+    for method, path in (("GET", "/v1/jobs/nope"), ("GET", "/v1/documents/nope"), ("DELETE", "/v1/documents/nope"),
+                         ("GET", "/v1/documents/nope/text"), ("GET", "/v1/batch/nope/results"), ("GET", "/v1/nowhere")):
+        assert _err(api.request(method, path), 404)["code"] == "not_found"
+    _err(api.post("/v1/query", json={"question": "Who?", "doc_ids": ["0000000000000000"]}), 404)
+    _err(api.post("/v1/batch", json=[{"question": "Who?", "doc_ids": ["0000000000000000"]}]), 404)
+    assert snapshot(api) == before
+
+
+def test_api_key_guards_every_route_but_healthz(tmp_path: Path, tiny_decoder_dir: Path):
+    settings = Settings(data_dir=tmp_path / "keyed", decoder=str(tiny_decoder_dir), api_key="s3cret", broker_url=None)
+    with serve(settings) as client:
+        assert client.get("/healthz").status_code == 200
+        for method, path, kw in (("GET", "/v1/documents", {}), ("POST", "/v1/documents", {"json": {"text": DOC}}),
+                                 ("POST", "/v1/query", {"json": {"question": "Who?"}}), ("GET", "/metrics", {}),
+                                 ("GET", "/v1/jobs/x", {}), ("POST", "/v1/batch", {"json": ["q"]})):
+            assert _err(client.request(method, path, **kw), 401)["code"] == "unauthorized"
+            _err(client.request(method, path, headers={"X-API-Key": "wrong"}, **kw), 401)
+        assert client.get("/v1/documents").status_code == 401
+        assert client.get("/v1/documents", headers={"X-API-Key": "s3cret"}).json() == []
+        assert client.get("/healthz").json()["documents"] == 0  # nothing was stored by refused calls
+
+
+def test_query_past_its_timeout_is_a_clear_504(tmp_path: Path, tiny_decoder_dir: Path):
+    settings = Settings(data_dir=tmp_path / "slow", decoder=str(tiny_decoder_dir), broker_url=None,
+                        query_timeout_s=0.05, max_new_tokens=8)
+    with serve(settings) as client:
+        wait_job(client, client.post("/v1/documents", json={"text": DOC}).json()["job_id"])
+        r = client.post("/v1/query", json={"question": "Who built it?", "max_new_tokens": 64})
+        assert _err(r, 504)["code"] == "timeout"

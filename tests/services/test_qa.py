@@ -1,0 +1,93 @@
+"""QA pipeline mechanics with a tiny random decoder; answer quality with the real one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from longrag.config import get_settings
+from longrag.errors import InvalidRequestError, NotFoundError
+from longrag.services.corpus import Corpus
+from longrag.services.qa import MODES, QAPipeline, Question
+
+DOC = (
+    "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy. "
+    "They were descended from Norse raiders and pirates from Denmark, Iceland and Norway. "
+    "Their leader Rollo agreed to swear fealty to King Charles III of West Francia.\n\n"
+    "The Norman dynasty had a major political, cultural and military impact on medieval Europe."
+)
+
+
+@pytest.fixture()
+def pipe(tiny_decoder_dir) -> QAPipeline:
+    corpus = Corpus(settings=get_settings())
+    corpus.ingest_bytes(DOC.encode(), "normans.txt")
+    return QAPipeline(corpus, decoder_name=str(tiny_decoder_dir))
+
+
+@pytest.mark.parametrize("mode", ["plain", "full"])
+def test_modes_return_answer_exact_evidence_and_timings(pipe: QAPipeline, mode: str):
+    streamed: list[str] = []
+    ans = pipe.ask(Question("Who was the Norman leader?", mode=mode, max_new_tokens=8), streamed.append)
+    assert ans.mode == mode and isinstance(ans.answer, str)
+    assert "".join(streamed).strip() == ans.answer
+    assert ans.evidence
+    for ev in ans.evidence:
+        assert DOC[ev.start : ev.end] == ev.text
+    assert set(ans.timings) == {"retrieval_ms", "ttft_ms", "total_ms", "tokens_per_s"}
+    assert ans.timings["total_ms"] >= ans.timings["ttft_ms"] >= ans.timings["retrieval_ms"] >= 0
+    json.dumps(ans.to_dict())
+
+
+def test_full_mode_truncates_to_window_around_best_passage(pipe: QAPipeline, monkeypatch):
+    pipe.settings.full_context_tokens = 200  # a window smaller than the document + prompt
+    try:
+        ans = pipe.ask(Question("Who did Rollo swear fealty to?", mode="full", max_new_tokens=4))
+    finally:
+        pipe.settings.full_context_tokens = 0
+    assert ans.stats["truncated"] is True
+    a, b = ans.stats["context_chars"]
+    assert 0 <= a < b <= len(DOC)
+
+
+def test_bad_questions(pipe: QAPipeline):
+    with pytest.raises(InvalidRequestError, match="empty"):
+        pipe.ask(Question("   "))
+    with pytest.raises(NotFoundError):
+        pipe.ask(Question("Who?", doc_ids=["0000"]))
+    with pytest.raises(InvalidRequestError, match="unknown mode"):
+        pipe.ask(Question("Who?", mode="nope"))
+    assert {"plain", "full"} <= set(MODES)
+
+
+def test_no_documents_is_a_clear_error(tiny_decoder_dir):
+    pipe = QAPipeline(Corpus(settings=get_settings()), decoder_name=str(tiny_decoder_dir))
+    with pytest.raises(InvalidRequestError, match="no documents"):
+        pipe.ask(Question("Anything?"))
+
+
+@pytest.mark.integration
+def test_default_decoder_answers_squad_questions_with_right_evidence(datasets):
+    """Qwen2.5-Coder-0.5B answers real SQuAD questions about an ingested article, with evidence
+    that contains the gold answer span (exact text at exact offsets)."""
+    data = json.loads((datasets / "squad_v1.1" / "dev-v1.1.part2of2.json").read_text())
+    article = data["data"][0]  # American_Broadcasting_Company, 98 paragraphs as one document
+    text = "\n\n".join(p["context"] for p in article["paragraphs"])
+    corpus = Corpus(settings=get_settings())
+    doc_id = corpus.ingest_bytes(text.encode(), "abc.txt").doc_id
+    pipe = QAPipeline(corpus)
+    para = article["paragraphs"][3]
+    offset = text.index(para["context"])
+    correct = grounded = 0
+    for qa in para["qas"][:3]:
+        golds = [a["text"].lower() for a in qa["answers"]]
+        starts = [offset + a["answer_start"] for a in qa["answers"]]
+        ans = pipe.ask(Question(qa["question"], doc_ids=[doc_id], max_new_tokens=16))
+        for ev in ans.evidence:
+            assert text[ev.start : ev.end] == ev.text
+        got = ans.answer.lower()
+        correct += any(g in got or (got and got.strip(". ") in g) for g in golds)
+        grounded += any(ev.start <= s < ev.end for ev in ans.evidence for s in starts)
+    assert correct >= 2, "the default decoder should answer most of these extractive questions"
+    assert grounded == 3, "the evidence must contain the gold answer span"

@@ -1,0 +1,86 @@
+"""The CLI contract: ingest / docs / show / search / ask --json / delete, exit codes on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TEXT = (
+    "Ada Lovelace wrote the first published algorithm in 1843. She worked with Charles Babbage "
+    "on the Analytical Engine.\n\nHer notes described how the engine could compute Bernoulli numbers. "
+    "Café au lait — naïve résumé ✓."
+)
+
+
+def run(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "longrag", *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_cli_round_trip(tmp_path: Path, tiny_decoder_dir: Path):
+    src = tmp_path / "ada.txt"
+    src.write_bytes(TEXT.encode())
+    out = run("ingest", str(src), "--json")
+    assert out.returncode == 0, out.stderr
+    [row] = json.loads(out.stdout)
+    doc_id = row["doc_id"]
+    assert row["path"] == str(src)
+    assert json.loads(run("ingest", str(src), "--json").stdout)[0]["doc_id"] == doc_id  # no-op
+
+    shown = run("show", doc_id)
+    assert shown.returncode == 0 and shown.stdout == TEXT
+
+    docs = json.loads(run("docs", "--json").stdout)
+    assert [d["doc_id"] for d in docs] == [doc_id]
+
+    hits = json.loads(run("search", "Who wrote the first algorithm?", "--k", "2", "--json").stdout)
+    assert 1 <= len(hits) <= 2
+    for h in hits:
+        assert set(h) == {"doc_id", "start", "end", "text", "score"}
+        assert TEXT[h["start"] : h["end"]] == h["text"]
+
+    ans = run("ask", "Who wrote the first algorithm?", "--doc", doc_id, "--json", "--max-new-tokens", "5",
+              env_extra={"LONGRAG_DECODER": str(tiny_decoder_dir)})
+    assert ans.returncode == 0, ans.stderr
+    obj = json.loads(ans.stdout)
+    assert {"answer", "evidence", "timings", "stats"} <= set(obj)
+    assert set(obj["timings"]) >= {"retrieval_ms", "ttft_ms", "total_ms", "tokens_per_s"}
+    for ev in obj["evidence"]:
+        assert set(ev) == {"doc_id", "start", "end", "text"} and TEXT[ev["start"] : ev["end"]] == ev["text"]
+
+    assert run("delete", doc_id).returncode == 0
+    assert json.loads(run("docs", "--json").stdout) == []
+
+
+def test_cli_bad_input_exits_nonzero_and_keeps_store(tmp_path: Path):
+    good = tmp_path / "good.txt"
+    good.write_text("The store keeps this document safe. It must survive bad input.")
+    doc_id = json.loads(run("ingest", str(good), "--json").stdout)[0]["doc_id"]
+    cases = {
+        "empty.txt": b"",
+        "garbage.txt": bytes(range(256)) * 16,
+        "latin1.txt": "d\u00e9j\u00e0 vu".encode("latin-1"),
+        "sheet.xlsx": b"PK\x03\x04",
+    }
+    for name, data in cases.items():
+        p = tmp_path / name
+        p.write_bytes(data)
+        res = run("ingest", str(p))
+        assert res.returncode != 0 and "error" in res.stderr, name
+    big = tmp_path / "big.txt"
+    big.write_text("word " * 1000)
+    res = run("ingest", str(big), env_extra={"LONGRAG_MAX_FILE_BYTES": "1000"})
+    assert res.returncode != 0 and "limit" in res.stderr
+    assert run("ingest", str(tmp_path / "missing.txt")).returncode != 0
+    for args in (["show", "nope"], ["delete", "nope"], ["search", "x", "--doc", "nope"], ["ask", "  "],
+                 ["search", "   "]):
+        res = run(*args)
+        assert res.returncode != 0 and "error" in res.stderr, args
+    docs = json.loads(run("docs", "--json").stdout)
+    assert [d["doc_id"] for d in docs] == [doc_id]
+    assert run("show", doc_id).stdout == good.read_text()

@@ -1,0 +1,95 @@
+"""Fast checks of the Streamlit pages with Streamlit's AppTest against a real running API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from longrag.ui.client import LongragClient
+
+APP = Path(__file__).resolve().parents[2] / "longrag" / "ui" / "app.py"
+
+
+def _app(monkeypatch: pytest.MonkeyPatch, url: str) -> AppTest:
+    monkeypatch.setenv("LONGRAG_API_URL", url)
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    return at.run()
+
+
+def _texts(at: AppTest, kind: str) -> list[str]:
+    return [e.value for e in at.get(kind)]
+
+
+def _button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+def test_unreachable_api_is_reported_not_crashed(monkeypatch: pytest.MonkeyPatch, closed_port: int) -> None:
+    at = _app(monkeypatch, f"http://127.0.0.1:{closed_port}")
+    assert not at.exception
+    assert any("cannot reach the API" in e.value for e in at.error)
+
+
+def test_upload_through_the_page_then_list_and_delete(
+    monkeypatch: pytest.MonkeyPatch, api_server, api: LongragClient
+) -> None:
+    at = _app(monkeypatch, api_server.url)
+    body = b"Apples grow in orchards. The orchard at Weller Farm has four hundred trees.\n"
+    at.get("file_uploader")[0].upload("orchard.txt", body, "text/plain")
+    _button(at, "Upload and index").click()
+    at.run()
+    assert not at.exception
+    assert any("orchard.txt" in s.value and "ready" in s.value for s in at.success), _texts(at, "error")
+    doc = next(d for d in api.documents() if d.filename == "orchard.txt" or d.title == "orchard.txt")
+    assert doc.n_chars == len(body.decode())
+
+    at.button(key=f"delete-{doc.doc_id}").click()
+    at.run()
+    assert not at.exception
+    assert any("Deleted" in s.value for s in at.success)
+    assert all(d.doc_id != doc.doc_id for d in api.documents())
+
+
+def test_ask_page_shows_answer_marked_evidence_and_timings(
+    monkeypatch: pytest.MonkeyPatch, api_server, api: LongragClient, gull_point: str
+) -> None:
+    doc_id = gull_point
+    text = api.document_text(doc_id)
+    at = _app(monkeypatch, api_server.url)
+    at.switch_page("views/ask.py").run()
+    assert not at.exception
+    at.text_area[0].input("How many sailors did Margaret bring back?")
+    at.multiselect[0].select(doc_id)
+    _button(at, "Ask").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error, _texts(at, "error")
+    metrics = {m.label: m.value for m in at.metric}
+    assert set(metrics) == {"Retrieval", "First token", "Total", "Speed"}
+    marked = [h.proto.body for h in at.html if "<mark" in h.proto.body]
+    assert marked
+    result = at.session_state["last_answer"]["result"]
+    for ev in result.evidence:
+        assert ev.doc_id == doc_id and text[ev.start:ev.end] == ev.text
+        assert any(f'data-start="{ev.start}" data-end="{ev.end}"' in m for m in marked)
+    links = [p for p in at.get("page_link") if "start" in (p.proto.query_string or "")]
+    assert len(links) == len(result.evidence)
+
+
+def test_batch_page_runs_questions_and_offers_results(
+    monkeypatch: pytest.MonkeyPatch, api_server, gull_point: str
+) -> None:
+    at = _app(monkeypatch, api_server.url)
+    at.switch_page("views/batch.py").run()
+    questions = ["Where was Margaret born?", "What did the board award her?", "When did she retire?"]
+    at.text_area[0].input("\n".join(json.dumps({"question": q}) for q in questions))
+    _button(at, "Run batch").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error, _texts(at, "error")
+    assert at.get("download_button"), "no download button"
+    df = at.dataframe[0].value
+    assert list(df["question"]) == questions
