@@ -101,12 +101,14 @@ def search(
     doc: Annotated[Optional[list[str]], typer.Option("--doc", help="Restrict to this document id (repeatable).")] = None,
     k: Annotated[int, typer.Option("--k", help="Number of results.")] = 10,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    retriever: Annotated[Optional[str], typer.Option(
+        "--retriever", help="chunk | situated | bm25 | hybrid (default: LONGRAG_RETRIEVER, situated).")] = None,
 ) -> None:
     """Search chunks; prints doc id, offsets, score and text."""
     from longrag.services.runtime import get_corpus
 
     try:
-        hits = get_corpus().search(query, k=k, doc_ids=doc)
+        hits = get_corpus().search(query, k=k, doc_ids=doc, retriever=retriever)
     except LongragError as exc:
         _fail(exc)
     rows = [{"doc_id": h.doc_id, "start": h.start, "end": h.end, "text": h.text, "score": round(h.score, 6)} for h in hits]
@@ -123,6 +125,9 @@ def ask(
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print tokens as they come (text output).")] = True,
+    retriever: Annotated[Optional[str], typer.Option(
+        "--retriever", help="chunk | situated | bm25 | hybrid (default: LONGRAG_RETRIEVER, situated).")] = None,
+    kv: Annotated[Optional[str], typer.Option("--kv", help="KV cache of the full mode: full | sentencekv (default: by context length).")] = None,
 ) -> None:
     """Answer a question with evidence (doc id, char offsets, exact text) and timings."""
     from longrag.services.qa import Question
@@ -135,7 +140,8 @@ def ask(
             sys.stdout.write(piece)
             sys.stdout.flush()
     try:
-        answer = pipe.ask(Question(question, doc_ids=doc, mode=mode, k=k, max_new_tokens=max_new_tokens), on_token)
+        answer = pipe.ask(Question(question, doc_ids=doc, mode=mode, k=k, max_new_tokens=max_new_tokens, kv=kv,
+                                   retriever=retriever), on_token)
     except LongragError as exc:
         _fail(exc)
     if as_json:
@@ -165,6 +171,140 @@ def prepare_models(
         except LongragError as exc:
             _fail(exc)
         typer.echo(f"{name}: {location}")
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option("--port", help="Port of the Streamlit app.")] = 8501,
+    host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
+    api_url: Annotated[Optional[str], typer.Option("--api-url", help="The REST API (default: LONGRAG_API_URL "
+                                                   "or http://127.0.0.1:8000).")] = None,
+) -> None:
+    """Run the Streamlit document-QA app (headless); it talks to the REST API."""
+    import os
+
+    from longrag.config import get_settings
+
+    script = Path(__file__).parent / "ui" / "app.py"
+    env = dict(os.environ)
+    if api_url:
+        env["LONGRAG_API_URL"] = api_url
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
+           "--server.port", str(port), "--server.address", host, "--browser.gatherUsageStats", "false",
+           "--client.toolbarMode", "minimal",
+           "--server.maxUploadSize", str(max(1, get_settings().max_file_bytes // (1024 * 1024)))]
+    os.execve(sys.executable, cmd, env)  # the app replaces this process (signals reach Streamlit)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port of the REST API.")] = 8000,
+    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+) -> None:
+    """Run the REST API (uvicorn). With LONGRAG_BROKER_URL set it only talks to workers."""
+    import uvicorn
+
+    uvicorn.run("longrag.services.api:create_app", factory=True, host=host, port=port, log_level=log_level)
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option("--queues", "-Q", help="Comma-separated: ingest, qa.")] = "ingest,qa",
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Worker processes.")] = 1,
+    pool: Annotated[Optional[str], typer.Option("--pool", help="solo | prefork | threads (default: solo "
+                                                "for one process, else prefork).")] = None,
+    loglevel: Annotated[str, typer.Option("--loglevel")] = "INFO",
+) -> None:
+    """Run a Celery worker on the configured broker (LONGRAG_BROKER_URL); models load once."""
+    import os
+
+    from longrag.config import get_settings
+
+    settings = get_settings()
+    if not settings.broker_url:
+        typer.echo("error: set LONGRAG_BROKER_URL (e.g. redis://127.0.0.1:6379/0) to run a worker", err=True)
+        raise typer.Exit(code=2)
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = sorted(set(names) - {"ingest", "qa"})
+    if not names or unknown:
+        typer.echo(f"error: unknown queue(s) {unknown}; choose from ingest, qa", err=True)
+        raise typer.Exit(code=2)
+    pool = pool or ("solo" if concurrency == 1 else "prefork")
+    from longrag.workers import tasks
+
+    if pool == "prefork":
+        tasks._PRELOAD_QUEUES[:] = names  # each child loads its models at start
+    else:
+        typer.echo(f"worker {os.getpid()}: loaded {tasks.preload(names)}", err=True)
+    argv = ["worker", f"--queues={','.join(names)}", f"--concurrency={concurrency}", f"--pool={pool}",
+            f"--hostname=longrag-{'-'.join(names)}-{os.getpid()}@%h", f"--loglevel={loglevel}",
+            "--without-gossip", "--without-mingle", "--prefetch-multiplier=1"]
+    tasks.app.worker_main(argv=argv)
+
+
+@app.command("run")
+def run_all(
+    host: Annotated[str, typer.Option("--host", help="Address the API and UI bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port of the REST API.")] = 8000,
+    ui_port: Annotated[int, typer.Option("--ui-port", help="Port of the Streamlit app.")] = 8501,
+) -> None:
+    """The product on one host: the API, the Streamlit app, and a worker when a broker is set.
+
+    Ctrl-C stops every child; if one child exits, the others are stopped too.
+    """
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from longrag.config import get_settings
+
+    settings = get_settings()
+    me = [sys.executable, "-m", "longrag.cli"]
+    api_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    children: dict[str, subprocess.Popen] = {}
+    env = dict(os.environ, LONGRAG_API_URL=api_url)
+    children["api"] = subprocess.Popen([*me, "serve", "--host", host, "--port", str(port)], env=env)
+    if settings.broker_url:
+        children["worker"] = subprocess.Popen([*me, "worker"], env=env)
+        typer.echo(f"worker: Celery on {settings.broker_url}", err=True)
+    else:
+        typer.echo("embedded mode (no LONGRAG_BROKER_URL): the API runs ingestion and questions itself", err=True)
+    if (Path(__file__).parent / "ui" / "app.py").exists():
+        children["ui"] = subprocess.Popen([*me, "ui", "--host", host, "--port", str(ui_port), "--api-url", api_url],
+                                          env=env)
+        typer.echo(f"API: {api_url} (docs at {api_url}/docs)   UI: http://{host}:{ui_port}", err=True)
+    else:
+        typer.echo(f"API: {api_url} (docs at {api_url}/docs); the Streamlit app (longrag/ui/app.py) is absent, "
+                   "so only the API runs", err=True)
+
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    code = 0
+    while not stopping:
+        for name, proc in children.items():
+            if proc.poll() is not None:
+                typer.echo(f"{name} exited with {proc.returncode}; stopping the others", err=True)
+                code, stopping = proc.returncode or 1, True
+                break
+        time.sleep(0.5)
+    for proc in children.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for proc in children.values():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    raise typer.Exit(code=code)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir)
     decoder: str = "qwen2.5-coder-0.5b-instruct"
     embedder: str = "all-minilm-l6-v2"
+    # How the embedder runs: torch (SentenceTransformer.encode) | onnx | onnx-int8 (onnxruntime,
+    # exported once into the model cache) | auto (onnx-int8 on CPU, torch on CUDA; bench/embed_speed.py).
+    embed_backend: str = "torch"
     device: str = "auto"  # auto | cpu | cuda
     torch_threads: int = 0  # 0: leave torch's default
 
@@ -31,13 +34,63 @@ class Settings(BaseSettings):
     max_sentence_chars: int = 1200  # longer "sentences" are split at whitespace
 
     top_k: int = 4  # chunks retrieved for the plain mode
+
+    # Retrieval (docs/situated.md): default retriever and situated-embedding options
+    retriever: str = "situated"  # chunk | situated | bm25 | hybrid
+    situated_strategy: str = "residual"  # residual | late | trained
+    situated_context: str = "pool"  # residual context vector: pool (neighbours' vectors) | encode
+    situated_window: int = 2  # neighbouring chunks on each side in the context window
+    situated_lead: int = 1  # the document's first chunks join every chunk's context
+    situated_alpha: float = 0.5  # residual: s = normalize(c + alpha * context)
+    situated_beta: float = 0.5  # score = sim(q, s) + beta * sim(q, c)
+    situated_late_max_tokens: int = 256  # late chunking window (word pieces)
+    situated_weights: Path | None = None  # trained adapter (default: the bundled one)
+    rrf_k: int = 60  # hybrid: reciprocal rank fusion constant
     max_new_tokens: int = 48
     full_context_tokens: int = 0  # 0: the decoder's own window minus room for the answer
+
+    # SentenceKV (docs/sentencekv.md); defaults from the paper (tau = 1024, r = 2, 32 sink / recent)
+    sentencekv_budget: int = 1024  # tau: tokens selected by sentence ranking per decode step
+    sentencekv_ratio: float = 2.0  # r: the prefill retains r * tau tokens per KV head
+    sentencekv_sink: int = 32
+    sentencekv_recent: int = 32
+    sentencekv_max_sentence: int = 64  # longer sentences are cut into buckets of this many tokens
+    sentencekv_min_context: int = 4096  # `full` mode uses SentenceKV above this many context tokens
+    sentencekv_doc_cache: bool = True  # persist each document's compressed cache for later questions
+    sentencekv_at_ingest: bool = False  # build that cache at ingestion (ingest hook) instead of 1st question
+
+    # REFRAG (docs/refrag.md): compressed chunk embeddings in the decoder
+    refrag_k: int = 16  # decoder tokens per compressed chunk (8 | 16 | 32; a projector must exist)
+    refrag_p: float = 0.1  # fraction of chunks expanded back to raw tokens
+    refrag_policy: str = "query"  # query (most similar to the question) | ppl (highest perplexity) | none
+    refrag_max_chunks: int = 256  # context taken around the best hit, in chunks (256 x 16 = 4096 tokens)
+    refrag_weights: Path | None = None  # projector checkpoint (default: the bundled one for the decoder and k)
+    refrag_at_ingest: bool = True  # once the refrag mode is loaded, compute chunk embeddings at ingestion
+
+    # RAPID (docs/rapid.md): retrieval-augmented speculative decoding, mode `rapid`
+    rapid_drafter: str | None = None  # drafter decoder (registry name / path); None: the target's own weights
+    rapid_drafter_kind: str = "hybrid"  # llm | hybrid (n-gram lookup in the retrieved context, else llm) | ngram
+    rapid_gamma: int = 10  # most tokens drafted per verification
+    rapid_eta: float = 0.0  # knowledge transfer strength (0 = lossless speculative decoding)
+    rapid_temperature: float = 0.0  # 0 = greedy
+    rapid_chunk_tokens: int = 512  # drafter retrieval unit, decoder tokens, no overlap
+    rapid_budget_tokens: int = 1024  # drafter context = max(this, s / 24) tokens (paper: 4096 at 128K)
+    rapid_threshold: float = 0.3  # chunks under this retrieval score are dropped
+    rapid_min_confidence: float = 0.3  # stop drafting when the drafter's next-token probability is lower
+    rapid_max_ngram: int = 3  # hybrid / ngram drafter: longest n-gram looked up
 
     model_cache: Path | None = None  # where dequantized models are cached (default: data_dir/models)
 
     broker_url: str | None = None
     api_key: str | None = None
+
+    # Service and workers (docs/service.md)
+    result_backend_url: str | None = None  # default: the broker URL
+    query_timeout_s: float = 300.0  # POST /v1/query waits this long for a worker, then 504
+    local_threads: int = 1  # embedded mode: threads per queue (ingest, qa) inside the API
+    visibility_timeout_s: int = 3600  # Redis: an unacked task is re-delivered after this long
+    restore_interval_s: int = 10  # Redis: how often workers sweep for abandoned tasks
+    task_max_retries: int = 3  # transient failures (I/O, locked DB, broker) retried with backoff
 
     @property
     def db_path(self) -> Path:

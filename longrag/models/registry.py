@@ -249,8 +249,14 @@ def load_decoder(name: str | None = None, *, device: str | None = None) -> Decod
     return dec
 
 
-def load_embedder(name: str | None = None, *, device: str | None = None) -> Any:
-    """Load (once per process) a sentence-transformers embedder."""
+def load_embedder(name: str | None = None, *, device: str | None = None, backend: str | None = None) -> Any:
+    """Load (once per process) a sentence-transformers embedder.
+
+    With the ``onnx`` / ``onnx-int8`` backends (``LONGRAG_EMBED_BACKEND``; ``auto`` picks
+    ``onnx-int8`` on CPU) the model is exported once into the model cache and returned as an
+    :class:`~longrag.retrieval.embed.OnnxSentenceEncoder`, which encodes like a
+    ``SentenceTransformer`` and forwards every other attribute to it.
+    """
     from sentence_transformers import SentenceTransformer
 
     from longrag.config import get_settings
@@ -258,12 +264,34 @@ def load_embedder(name: str | None = None, *, device: str | None = None) -> Any:
     settings = get_settings()
     name = name or settings.embedder
     device = pick_device(device or settings.device)
-    key = f"{name}@{device}"
+    backend = embed_backend_for(device, backend)
+    key = f"{name}@{device}" + ("" if backend == "torch" else f"#{backend}")
     if key not in _embedders:
         _quiet_hf()
-        location, _ = resolve(name)
-        _embedders[key] = SentenceTransformer(location, device=device, local_files_only=True)
+        location, spec = resolve(name)
+        model = SentenceTransformer(location, device=device, local_files_only=True)
+        if backend != "torch":
+            from longrag.retrieval.embed import ONNX_FILES, OnnxSentenceEncoder, prepare_onnx
+
+            source = spec.sha256 if spec else hashlib.sha256(str(Path(location).resolve()).encode()).hexdigest()
+            folder = _cache_root() / "onnx" / f"{spec.name if spec else Path(location).name}-{source[:12]}"
+            prepare_onnx(model, folder, source_id=source)
+            model = OnnxSentenceEncoder(model, folder / ONNX_FILES[backend], threads=settings.torch_threads)
+        _embedders[key] = model
     return _embedders[key]
+
+
+def embed_backend_for(device: str, backend: str | None = None) -> str:
+    """The embedder backend to use: the setting, with ``auto`` = ``onnx-int8`` on CPU, torch on CUDA."""
+    from longrag.config import get_settings
+    from longrag.retrieval.embed import BACKENDS
+
+    backend = (backend or get_settings().embed_backend).lower()
+    if backend == "auto":
+        return "torch" if device != "cpu" else "onnx-int8"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown embed backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
+    return backend
 
 
 def loaded_models() -> list[str]:

@@ -51,6 +51,9 @@ def chunk_vectors(embedder: Embedder, units: ParsedUnits) -> np.ndarray:
     return embedder.encode([units.text[c.start : c.end] for c in units.chunks])
 
 
+RETRIEVERS = ("chunk", "situated", "bm25", "hybrid")
+"""Values of ``Corpus.search(retriever=...)``, ``Question.retriever`` and ``--retriever``."""
+
 IngestHook = Callable[["Corpus", str, ParsedUnits], None]
 """Runs after a new document is committed (per-document caches: REFRAG chunk embeddings,
 SentenceKV state, ...). Hooks store their results with ``corpus.store.put_artifact``."""
@@ -82,6 +85,13 @@ class Corpus:
         self._embedder: Embedder | None = None
         self._indexes: dict[str, tuple[int, VectorIndex]] = {}
         self._mutex = threading.RLock()
+        self._lexical: tuple[int, object] | None = None  # (generation, BM25Index) for bm25/hybrid
+        if set(self.vector_builders) == {"chunk"} and self.vector_builders["chunk"] is chunk_vectors:
+            # Default: store situated vectors too (docs/situated.md); both kinds share one encoding.
+            from longrag.retrieval.situated import SituatedVectorBuilder, config_from_settings
+
+            builder = SituatedVectorBuilder(config_from_settings(self.settings))
+            self.vector_builders = {"chunk": builder.chunk, "situated": builder.situated}
 
     # -- components ------------------------------------------------------------------------
     @property
@@ -268,21 +278,80 @@ class Corpus:
         return list(doc_ids)
 
     def search(
-        self, query: str, *, k: int = 10, doc_ids: Sequence[str] | None = None, kind: str = "chunk"
+        self,
+        query: str,
+        *,
+        k: int = 10,
+        doc_ids: Sequence[str] | None = None,
+        kind: str | None = None,
+        retriever: str | None = None,
     ) -> list[Hit]:
-        """Dense search over chunks; ``doc_ids`` restricts it to those documents."""
+        """Search chunks; ``doc_ids`` restricts it to those documents.
+
+        Args:
+            retriever: ``chunk`` (dense, chunk-only vectors) | ``situated`` (dense, situated
+                vectors) | ``bm25`` | ``hybrid`` (RRF of situated and BM25); None: the
+                configured default (``Settings.retriever``).
+            kind: dense search over this stored vector kind (overrides ``retriever``).
+        """
         if not query or not query.strip():
             raise InvalidRequestError("the query is empty")
         if k <= 0:
             raise InvalidRequestError("k must be positive")
+        retriever = retriever or self.settings.retriever
+        if kind is None and retriever not in RETRIEVERS:
+            raise InvalidRequestError(f"unknown retriever {retriever!r}; choose from {list(RETRIEVERS)}")
         docs = self.check_docs(doc_ids)
-        index = self.index(kind)
         allowed = self.store.chunk_ids_for(docs) if docs else None
         if allowed is not None and not len(allowed):
             return []
-        qvec = self.embedder.encode([query])
-        scores, ids = index.search(qvec, k, allowed_ids=allowed)
-        return self.hits(ids[0], scores[0])
+        if kind is not None or retriever in ("chunk", "situated"):
+            ids, scores = self._dense(query, k, allowed, kind or self._dense_kind(retriever))
+            return self.hits(ids, scores)
+        lexical = self._bm25().search(query, k if retriever == "bm25" else max(50, 5 * k), allowed_ids=allowed)
+        if retriever == "bm25":
+            return self.hits([h.id for h in lexical], [h.score for h in lexical])
+        from longrag.retrieval.fusion import reciprocal_rank_fusion
+
+        dense_ids, _ = self._dense(query, max(50, 5 * k), allowed, self._dense_kind("situated"))
+        fused = reciprocal_rank_fusion([list(dense_ids), [h.id for h in lexical]], k=self.settings.rrf_k)[:k]
+        return self.hits([i for i, _ in fused], [s for _, s in fused])
+
+    def _dense_kind(self, retriever: str) -> str:
+        """``situated`` when every chunk has a situated vector, else ``chunk`` (older stores)."""
+        if retriever == "situated":
+            if "situated" in self.vector_builders and (
+                self.store.count_vectors("situated") == self.store.count_vectors("chunk")
+            ):
+                return "situated"
+            log.warning("situated vectors are missing for some chunks; using chunk-only vectors")
+        return "chunk"
+
+    def _dense(self, query: str, k: int, allowed: np.ndarray | None, kind: str) -> tuple[list[int], list[float]]:
+        index = self.index(kind)
+        scores, ids = index.search(self.embedder.encode([query]), k, allowed_ids=allowed)
+        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if int(i) >= 0]
+        return [i for i, _ in pairs], [s for _, s in pairs]
+
+    def _bm25(self):
+        """BM25 over every stored chunk, each indexed with its document's first sentence
+        (situated text, docs/situated.md); rebuilt in memory when the corpus changes."""
+        from longrag.retrieval.bm25 import BM25Index
+        from longrag.retrieval.situated import UnitDoc, situated_texts
+
+        with self._mutex:
+            gen = self.store.generation()
+            if self._lexical is None or self._lexical[0] != gen:
+                ids, texts = [], []
+                for info in self.store.list():
+                    text = self.store.text(info.doc_id)
+                    rows = self.store.chunks(info.doc_id)
+                    first = self.store.sentences(info.doc_id)[:1]
+                    lead = (first[0].start, first[0].end) if first else None
+                    ids.extend(cid for cid, _ in rows)
+                    texts.extend(situated_texts(UnitDoc(text, [(c.start, c.end) for _, c in rows]), lead_chars=lead))
+                self._lexical = (gen, BM25Index(ids, texts))
+            return self._lexical[1]
 
     def hits(self, ids: Sequence[int], scores: Sequence[float]) -> list[Hit]:
         pairs = [(int(i), float(s)) for i, s in zip(ids, scores) if int(i) >= 0]

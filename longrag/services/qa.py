@@ -141,7 +141,8 @@ class QAPipeline:
     # -- shared steps used by the modes ---------------------------------------------------------
     def retrieve(self, question: Question) -> tuple[list[Hit], float]:
         t0 = time.perf_counter()
-        hits = self.corpus.search(question.text, k=question.k or self.settings.top_k, doc_ids=question.doc_ids)
+        hits = self.corpus.search(question.text, k=question.k or self.settings.top_k, doc_ids=question.doc_ids,
+                                  retriever=question.retriever)
         return hits, (time.perf_counter() - t0) * 1000
 
     def answer_from_context(
@@ -207,7 +208,10 @@ def full_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -> 
         centre = next((i for i, (a, _) in enumerate(offsets) if a >= anchor.start), 0)
         first = max(0, min(centre - budget // 2, len(offsets) - budget))
         start_char, end_char = offsets[first][0], offsets[first + budget - 1][1]
-    gen = pipe.answer_from_context(q, text[start_char:end_char], on_token)
+    anchor_char = next((h.start for h in hits if h.doc_id == doc_id), 0)
+    gen, kv_stats, (start_char, end_char) = _full_generate(
+        pipe, q, doc_id, text, (start_char, end_char), min(len(offsets), budget), anchor_char, on_token
+    )
     doc_hits = [h for h in hits if h.doc_id == doc_id] or hits
     return Answer(
         gen.text,
@@ -221,6 +225,50 @@ def full_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -> 
             "context_chars": [start_char, end_char],
             "prompt_tokens": gen.prompt_tokens,
             "generated_tokens": len(gen.token_ids),
+            **kv_stats,
         },
         "full",
     )
+
+
+def _full_generate(pipe: QAPipeline, q: Question, doc_id: str, text: str, span: tuple[int, int],
+                   context_tokens: int, anchor_char: int, on_token: TokenCallback | None):
+    """Decode the full-mode prompt with a full KV cache or SentenceKV (``q.kv``; None: by length).
+
+    Returns (generation result, kv stats, the context span used). SentenceKV reuses the
+    document's stored cache (services/kvcache.py); windows of documents longer than the
+    decoder's are then aligned so that nearby questions share one.
+    """
+    from longrag.generation.sentencekv import SentenceKVError
+    from longrag.services.kvcache import DocumentKVCache, context_window_tokens, doc_window
+
+    if q.kv not in (None, "full", "sentencekv"):
+        raise InvalidRequestError(f"unknown kv {q.kv!r}; choose from ['full', 'sentencekv']")
+    s = pipe.settings
+    kv = q.kv or ("sentencekv" if context_tokens > s.sentencekv_min_context else "full")
+    fallback = None
+    if kv == "sentencekv":
+        dec = pipe.decoder
+        if span != (0, len(text)):
+            w = doc_window(dec.tokenizer, text, context_window_tokens(s, dec), anchor_char=anchor_char)
+            span = (w.start, w.end)
+        try:
+            run = DocumentKVCache(s, dec).answer(
+                doc_id, span, text[span[0] : span[1]], q.text,
+                max_new_tokens=q.max_new_tokens or s.max_new_tokens, on_token=on_token,
+            )
+            return run.result, run.stats, span
+        except SentenceKVError as exc:
+            if q.kv == "sentencekv":
+                raise InvalidRequestError(f"SentenceKV cannot serve this request: {exc}") from exc
+            fallback = str(exc)
+            log.info("SentenceKV not used (%s); full KV cache", exc)
+    gen = pipe.answer_from_context(q, text[span[0] : span[1]], on_token)
+    cfg = pipe.decoder.model.config.get_text_config(decoder=True)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    elt = next(pipe.decoder.model.parameters()).element_size()
+    full = (gen.prompt_tokens + len(gen.token_ids)) * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 2 * elt
+    stats = {"kv": "full", "kv_bytes": full, "kv_bytes_full": full, "kv_budget": None}
+    if fallback:
+        stats["kv_fallback"] = fallback
+    return gen, stats, span

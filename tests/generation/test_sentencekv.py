@@ -217,3 +217,47 @@ def test_smollm2_finds_a_needle_with_a_small_budget(datasets: Path) -> None:
     res, _ = skv.generate(dec.model, dec.tokenizer, ids, cfg, max_new_tokens=24)
     assert "73915" in res.text
     assert res.kv_bytes < res.kv_bytes_full / 2
+
+
+def test_qa_full_mode_uses_sentencekv_above_the_threshold_and_reuses_it(tiny_decoder_dir: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from longrag.config import get_settings
+    from longrag.errors import InvalidRequestError
+    from longrag.services.corpus import Corpus
+    from longrag.services.qa import QAPipeline, Question
+
+    for k, v in {"BUDGET": "64", "SINK": "8", "RECENT": "8", "MIN_CONTEXT": "200"}.items():
+        monkeypatch.setenv(f"LONGRAG_SENTENCEKV_{k}", v)
+    get_settings.cache_clear()
+    corpus = Corpus(settings=get_settings())
+    doc = corpus.ingest_bytes(LONG_TEXT.encode(), "fox.txt").doc_id
+    pipe = QAPipeline(corpus, decoder_name=str(tiny_decoder_dir))
+    first = pipe.ask(Question("Where did she spend eleven years?", mode="full", max_new_tokens=6))
+    st = first.stats
+    assert st["kv"] == "sentencekv" and st["kv_budget"] == 64 and not st["kv_cache_reused"]
+    assert 0 < st["kv_bytes"] < st["kv_bytes_full"]
+    for ev in first.evidence:
+        assert LONG_TEXT[ev.start : ev.end] == ev.text
+    again = pipe.ask(Question("What jumps over the lazy dog?", doc_ids=[doc], mode="full", max_new_tokens=6))
+    assert again.stats["kv_cache_reused"] is True
+    forced = pipe.ask(Question("What jumps?", mode="full", kv="full", max_new_tokens=4))
+    assert forced.stats["kv"] == "full" and forced.stats["kv_bytes"] == forced.stats["kv_bytes_full"]
+    with pytest.raises(InvalidRequestError, match="unknown kv"):
+        pipe.ask(Question("What jumps?", mode="full", kv="paged"))
+
+
+def test_sentence_retention_option_keeps_whole_sentences(tiny) -> None:
+    model, tok = tiny
+    cfg = skv.SentenceKVConfig(budget=64, sink=8, recent=8, max_sentence_tokens=16, retention="sentence")
+    ids, cache, _ = _long_cache(model, tok, LONG_TEXT, cfg)
+    sid_all = torch.as_tensor(cache.token_sid[: len(ids)])
+    for layer in cache.layers:
+        pos = layer.pos[:, : layer.size]
+        assert (pos == pos[0]).all()  # the same rows for every head
+        kept = pos[0]
+        inner = kept[(kept >= cfg.sink) & (kept < len(ids) - cfg.window)]
+        assert len(inner) <= cfg.retained
+        for s in set(sid_all[inner].tolist()):
+            members = torch.nonzero(sid_all == s).view(-1)
+            members = members[(members >= cfg.sink) & (members < len(ids) - cfg.window)]
+            assert set(members.tolist()) <= set(kept.tolist())

@@ -212,3 +212,24 @@ def test_smollm2_extracts_real_evidence():
     res = ex(text, sents, "Where did Einstein work for seven years?", options=CficOptions(no_evidence_threshold=None))
     _check_spans(text, sents, res.spans)
     assert any("patent office" in s.text for s in res.spans)
+
+
+def test_qa_mode_cfic_returns_exact_evidence(tiny_decoder_dir):
+    """``mode="cfic"`` through the QA pipeline: evidence spans index the stored text exactly."""
+    from longrag.config import get_settings
+    from longrag.services.corpus import Corpus
+    from longrag.services.qa import QAPipeline, Question
+
+    corpus = Corpus(settings=get_settings())
+    doc_id = corpus.ingest_bytes(DOC.encode(), "doc.txt").doc_id
+    pipe = QAPipeline(corpus, decoder_name=str(tiny_decoder_dir))
+    ans = pipe.ask(Question("What is the capital of France?", mode="cfic", max_new_tokens=4,
+                            options={"no_evidence_threshold": 1.0}))
+    assert ans.mode == "cfic" and ans.evidence
+    text = corpus.text(doc_id)
+    for ev in ans.evidence:
+        assert ev.doc_id == doc_id and text[ev.start : ev.end] == ev.text
+    assert ans.stats["cfic_spans"] == len(ans.evidence) and ans.stats["extraction_ms"] >= 0
+    assert ans.stats["cfic_candidates"] == len(corpus.store.sentences(doc_id))
+    none = pipe.ask(Question("What is the capital of France?", mode="cfic", options={"no_evidence_threshold": 0.0}))
+    assert none.answer == "unknown" and none.evidence == [] and none.stats["cfic_no_evidence"]

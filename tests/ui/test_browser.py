@@ -16,7 +16,7 @@ import pytest
 
 from longrag.ui.client import LongragClient
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("LONGRAG_CHROMIUM", "/usr/bin/chromium"))
@@ -71,6 +71,15 @@ def test_upload_ask_and_see_highlighted_evidence(
         page.locator("[data-testid=stMultiSelect]").first.click()
         page.get_by_role("option", name=doc.doc_id[:10]).click()
         page.keyboard.press("Escape")
+        # Record every partial answer the page renders (the streamed text ends with a cursor).
+        page.evaluate("""() => {
+            window.__partials = new Set();
+            new MutationObserver(() => {
+                for (const el of document.querySelectorAll('[data-testid=stMarkdownContainer]')) {
+                    if (el.textContent.endsWith('\u258c')) window.__partials.add(el.textContent);
+                }
+            }).observe(document.body, {subtree: true, childList: true, characterData: true});
+        }""")
         page.get_by_role("button", name="Ask").click()
 
         mark = page.locator("mark").first
@@ -84,8 +93,9 @@ def test_upload_ask_and_see_highlighted_evidence(
             assert end > start
             assert m.text_content() == text[start:end]  # the exact document text at its offsets
             assert page.get_by_text(f"{start:,}–{end:,}").first.is_visible()
-        answer = page.locator("[data-testid=stMarkdownContainer]").filter(has_text="Evidence 1").first
-        expect(answer).to_be_visible()
+        expect(page.get_by_text("Evidence 1")).to_be_visible()
+        partials = page.evaluate("() => [...window.__partials]")
+        assert partials, "the answer did not stream (no partial answer was rendered)"
 
         # Streamlit scrolls inside its own container: a tall viewport shows the whole answer.
         page.set_viewport_size({"width": 1400, "height": 1900})

@@ -8,6 +8,8 @@ import pytest
 
 from longrag.ui.client import RESET, APIError, Job, LongragClient, QueryResult
 
+pytestmark = pytest.mark.integration  # the API embeds with the real MiniLM
+
 
 def test_upload_reports_progress_and_text_matches_offsets(api: LongragClient) -> None:
     body = "Cedar Hill station opened in 1907. Its first stationmaster was Ida Brandt.\n".encode()

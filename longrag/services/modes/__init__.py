@@ -9,9 +9,9 @@ import logging
 log = logging.getLogger(__name__)
 
 MODE_MODULES: list[str] = [
-    # "longrag.services.modes.cfic",
-    # "longrag.services.modes.rapid",
-    # "longrag.services.modes.refrag",
+    "longrag.services.modes.cfic",
+    "longrag.services.modes.rapid",
+    "longrag.services.modes.refrag",
 ]
 
 

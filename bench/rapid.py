@@ -1,0 +1,416 @@
+"""RAPID vs its peers, side by side on the same questions and the same pre-filled target cache.
+
+For each context length (default 2k, 4k, 8k decoder tokens) the bench builds long contexts from
+SQuAD v1.1 articles (the gold paragraph's article around the answer, padded with paragraphs of
+other articles as distractors) and from L-Eval ``natural_question`` documents (a window around
+a verbatim answer). Every method answers the same question from the same target KV cache
+(prefilled once per question, cropped back after each method), greedy, so decode throughput
+and answer F1 are compared on equal terms:
+
+- ``target``: target-only autoregressive decoding over the long context;
+- ``rapid_eta0`` / ``rapid_eta{E}``: RAPID, drafter = same weights on the retrieved context;
+- ``self_spec``: naive self-speculation, drafter = same weights on the last N prompt tokens;
+- ``prompt_lookup``: transformers' ``generate(..., prompt_lookup_num_tokens=10)``;
+- ``rag_only``: the drafter alone (retrieved context only);
+- ``hybrid``: n-gram lookup in the retrieved context first, the LLM drafter otherwise.
+
+A cost model is measured on each question's own caches (target decode step and verification
+of gamma + 1 tokens at the question's context length, drafter step at the drafter's) and
+predicts RAPID's speed-up over target-only from the measured acceptance; the JSON lists the
+prediction next to the measurement and the fitted crossover length.
+
+Run: ``.venv/bin/python -m bench.rapid`` (defaults: SmolLM2-135M, 4 questions per length,
+24 new tokens, 1 torch thread). Writes ``bench/results/rapid.json`` after every question.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bench.common import DATASETS, hardware, set_threads, write_result
+from bench.data import load_squad
+from bench.metrics import best_em_f1
+
+
+@dataclass
+class Item:
+    qid: str
+    source: str
+    question: str
+    answers: list[str]
+    context: str
+
+
+def _window(tok, text: str, anchor: int, length: int, rng: random.Random) -> str:
+    offs = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    if len(offs) <= length:
+        return text
+    centre = next((i for i, (a, _) in enumerate(offs) if a >= anchor), len(offs) - 1)
+    first = centre - int(length * rng.uniform(0.2, 0.8))
+    first = max(0, min(first, len(offs) - length))
+    return text[offs[first][0] : offs[first + length - 1][1]]
+
+
+def squad_items(tok, length: int, n: int, seed: int) -> list[Item]:
+    articles, questions = load_squad(DATASETS)
+    rng = random.Random(seed)
+    out = []
+    for q in rng.sample(questions, n * 3):
+        if len(out) >= n:
+            break
+        art = articles[q.article]
+        text = art.text
+        others = [a for i, a in enumerate(articles) if i != q.article]
+        while len(tok(text, add_special_tokens=False)["input_ids"]) < length:  # distractors
+            extra = rng.choice(others)
+            paras = extra.text.split("\n\n")
+            text = text + "\n\n" + "\n\n".join(rng.sample(paras, min(4, len(paras))))
+        ctx = _window(tok, text, q.spans[0][0], length, rng)
+        if not any(a in ctx for a in q.answers):
+            continue
+        out.append(Item(q.qid, "squad", q.question, list(q.answers), ctx))
+    return out
+
+
+def leval_items(tok, length: int, n: int, seed: int) -> list[Item]:
+    rng = random.Random(seed + 1)
+    rows = [json.loads(line) for line in (DATASETS / "leval" / "natural_question.jsonl").read_text().splitlines()]
+    cands = []
+    for d, row in enumerate(rows):
+        for i, (q, a) in enumerate(zip(row["instructions"], row["outputs"])):
+            a = a.strip()
+            if 0 < len(a) <= 60 and row["input"].find(a) >= 0:
+                cands.append((d, i, q, a))
+    rng.shuffle(cands)
+    out = []
+    for d, i, q, a in cands[:n]:
+        text = rows[d]["input"]
+        ctx = _window(tok, text, text.find(a), length, rng)
+        out.append(Item(f"nq-{d}-{i}", "leval_nq", q, [a], ctx))
+    return out
+
+
+def chunk_scorer(embedder, question: str, text: str, tok, sub_tokens: int = 128):
+    """Score 512-token chunks by the best cosine of their 128-token pieces (MiniLM reads 256)."""
+    qv = embedder.encode([question])[0]
+
+    def score(chunks):
+        offs = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        pieces, owner = [], []
+        for ci, c in enumerate(chunks):
+            for s in range(c.tok_start, c.tok_end, sub_tokens):
+                e = min(s + sub_tokens, c.tok_end)
+                pieces.append(text[offs[s][0] : offs[e - 1][1]])
+                owner.append(ci)
+        vecs = embedder.encode(pieces)
+        sims = vecs @ qv
+        best = [-1.0] * len(chunks)
+        for ci, sim in zip(owner, sims):
+            best[ci] = max(best[ci], float(sim))
+        return best
+
+    return score
+
+
+class _Clock:
+    """A transformers streamer that only timestamps what it receives (the prompt comes first)."""
+
+    def __init__(self) -> None:
+        self.times: list[tuple[float, int]] = []
+
+    def put(self, value) -> None:
+        self.times.append((time.perf_counter(), int(value.numel())))
+
+    def end(self) -> None:
+        pass
+
+
+def hf_prompt_lookup(model, tok, ids, answers, args) -> dict[str, Any]:
+    import torch
+
+    from longrag.generation.decoding import stop_token_ids
+
+    clock = _Clock()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        gen = model.generate(torch.tensor([ids]), max_new_tokens=args.max_new_tokens, do_sample=False,
+                             prompt_lookup_num_tokens=args.gamma, streamer=clock,
+                             pad_token_id=tok.pad_token_id or tok.eos_token_id)
+    total = (time.perf_counter() - t0) * 1000
+    stops = stop_token_ids(tok)
+    out = [int(t) for t in gen[0, len(ids):]]
+    out = out[: next((i for i, t in enumerate(out) if t in stops), len(out))]
+    text = tok.decode(out, skip_special_tokens=True).strip()
+    em, f1 = best_em_f1(text, answers)
+    news = clock.times[1:]  # [0] is the prompt
+    first_t, first_n = news[0] if news else (t0, 0)
+    rest = sum(n for _, n in news[1:])
+    steady = (news[-1][0] - first_t) if len(news) > 1 else 0.0
+    return {"answer": text, "em": em, "f1": round(f1, 4), "tokens": len(out), "total_ms_with_prefill": round(total, 1),
+            "steady_tokens": rest, "steady_ms": round(steady * 1000, 1),
+            "steady_tokens_per_s": round(rest / steady, 3) if steady > 0 else None}
+
+
+def timed(fn, reps: int) -> float:
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts) * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--decoder", default="smollm2-135m-instruct")
+    ap.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8000])
+    ap.add_argument("--n", type=int, default=4, help="questions per length (half SQuAD, half L-Eval NQ)")
+    ap.add_argument("--max-new-tokens", type=int, default=24)
+    ap.add_argument("--gamma", type=int, default=10)
+    ap.add_argument("--etas", type=float, nargs="+", default=[5.0], help="eta values besides 0")
+    ap.add_argument("--budget", type=int, default=1024, help="drafter budget floor (max(budget, s/24))")
+    ap.add_argument("--threshold", type=float, default=0.2)
+    ap.add_argument("--min-confidence", type=float, default=0.3)
+    ap.add_argument("--self-spec-tokens", type=int, default=0, help="naive drafter window (0: = drafter budget)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--hf-pl-max", type=int, default=2048, help="run transformers' prompt lookup up to this length")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="rapid")
+    args = ap.parse_args()
+    set_threads(args.threads)
+
+    import torch
+
+    from longrag.generation.prompts import answer_messages, encode_chat
+    from longrag.generation.rapid import (
+        HybridDrafter, KVState, LMDrafter, NgramDrafter, RapidConfig, autoregressive, rapid_generate,
+        retrieve_context,
+    )
+    from longrag.models.registry import load_decoder, load_embedder
+    from longrag.retrieval.embed import Embedder
+
+    dec = load_decoder(args.decoder)
+    tok, model = dec.tokenizer, dec.model
+    embedder = Embedder(load_embedder())
+    cfg0 = RapidConfig(gamma=args.gamma, eta=0.0, max_new_tokens=args.max_new_tokens)
+    methods = ["target", "rapid_eta0", *[f"rapid_eta{e:g}" for e in args.etas], "self_spec", "prompt_lookup",
+               "prompt_lookup_hf", "rag_only", "hybrid"]
+    rows: list[dict[str, Any]] = []
+    meta = {
+        "hardware": hardware(),
+        "decoder": args.decoder,
+        "settings": {k: v for k, v in vars(args).items()},
+        "methods": methods,
+        "note": ("greedy decoding; decode throughput excludes the shared target prefill (each method starts "
+                 "from the same pre-filled target cache); drafter prefills are timed separately "
+                 "(drafter_prefill_ms). Sample: --n questions per length, half SQuAD v1.1 dev (article + "
+                 "distractor articles), half L-Eval natural_question (window around a verbatim answer)."),
+    }
+    t_start = time.perf_counter()
+    per_length = {L: [x for pair in zip(squad_items(tok, L, (args.n + 1) // 2, args.seed),
+                                        leval_items(tok, L, (args.n + 1) // 2, args.seed)) for x in pair][: args.n]
+                  for L in args.lengths}
+    jobs = [(L, per_length[L][i]) for i in range(args.n) for L in args.lengths if i < len(per_length[L])]
+    if True:
+        for length, it in jobs:
+            tq = time.perf_counter()
+            ids = encode_chat(tok, answer_messages(it.question, it.context))
+            retrieved = retrieve_context(
+                it.context, tok, chunk_scorer(embedder, it.question, it.context, tok),
+                budget_tokens=args.budget, threshold=args.threshold,
+            )
+            draft_ids = encode_chat(tok, answer_messages(it.question, retrieved.text)) if not retrieved.empty else []
+            n_self = args.self_spec_tokens or retrieved.budget_tokens
+            self_ids = ids[-n_self:]
+            target = KVState(model)
+            t0 = time.perf_counter()
+            target.prefill(ids)
+            prefill_ms = (time.perf_counter() - t0) * 1000
+            row: dict[str, Any] = {
+                "qid": it.qid, "source": it.source, "length": length, "context_tokens": len(ids),
+                "drafter_tokens": len(draft_ids), "drafter_budget": retrieved.budget_tokens,
+                "retrieved_has_answer": any(a in retrieved.text for a in it.answers),
+                "target_prefill_ms": round(prefill_ms, 1), "methods": {},
+            }
+
+            def record(name: str, res, extra: dict | None = None) -> None:
+                em, f1 = best_em_f1(res.text, it.answers)
+                n_tok = len(res.token_ids)
+                decode_ms = res.total_ms
+                row["methods"][name] = {
+                    "answer": res.text, "em": em, "f1": round(f1, 4), "tokens": n_tok,
+                    "decode_ms": round(decode_ms, 1),
+                    "tokens_per_s": round(n_tok / (decode_ms / 1000), 3) if n_tok else 0.0,
+                    "steady_tokens": max(0, n_tok - res.first_tokens),
+                    "steady_ms": round(res.total_ms - res.ttft_ms, 1),
+                    **({k: v for k, v in res.stats().items() if k in ("acceptance_rate", "mean_accepted", "drafted",
+                                                                      "accepted", "rounds", "target_calls",
+                                                                      "ngram_rounds")}
+                       if hasattr(res, "stats") else {}),
+                    **(extra or {}),
+                }
+                target.crop(len(ids) - 1)
+
+            record("target", autoregressive(target, tok, ids, config=cfg0))
+            # the drafter's own cache, prefilled once (timed) and reused by every LLM-drafter method
+            dstate = KVState(model)
+            if draft_ids:
+                t0 = time.perf_counter()
+                dstate.prefill(draft_ids)
+                row["drafter_prefill_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+            for eta in [0.0, *args.etas]:
+                name = "rapid_eta0" if eta == 0 else f"rapid_eta{eta:g}"
+                cfg = RapidConfig(gamma=args.gamma, eta=eta, max_new_tokens=args.max_new_tokens)
+                drafter = LMDrafter(model, draft_ids, min_confidence=args.min_confidence, state=dstate) if draft_ids else None
+                record(name, rapid_generate(target, drafter, tok, ids, config=cfg))
+            sstate = KVState(model)
+            sstate.prefill(self_ids)
+            record("self_spec", rapid_generate(target, LMDrafter(model, self_ids, min_confidence=args.min_confidence,
+                                                                 state=sstate), tok, ids, config=cfg0))
+            del sstate
+            # prompt-lookup decoding: n-gram lookup in the whole target prompt (ours, same cache) ...
+            record("prompt_lookup", rapid_generate(target, NgramDrafter(ids, max_ngram=2), tok, ids, config=cfg0))
+            # ... and transformers' own (its assisted-decoding path re-runs the prefill, so only up to
+            # --hf-pl-max tokens; its decode time is taken from streamer timestamps after the first round)
+            if length <= args.hf_pl_max:
+                row["methods"]["prompt_lookup_hf"] = hf_prompt_lookup(model, tok, ids, it.answers, args)
+            if draft_ids:
+                rag = autoregressive(dstate, tok, draft_ids, config=cfg0)
+                em, f1 = best_em_f1(rag.text, it.answers)
+                row["methods"]["rag_only"] = {"answer": rag.text, "em": em, "f1": round(f1, 4),
+                                              "tokens": len(rag.token_ids), "decode_ms": round(rag.total_ms, 1),
+                                              "steady_tokens": max(0, len(rag.token_ids) - 1),
+                                              "steady_ms": round(rag.total_ms - rag.ttft_ms, 1),
+                                              "tokens_per_s": round(len(rag.token_ids) / (rag.total_ms / 1000), 3)
+                                              if rag.token_ids else 0.0}
+                hyb = HybridDrafter(NgramDrafter(draft_ids), LMDrafter(model, draft_ids, min_confidence=args.min_confidence,
+                                                                        state=dstate))
+                record("hybrid", rapid_generate(target, hyb, tok, ids, config=cfg0))
+            # cost model on this question's caches
+            probe = ids[-1:]
+            k1 = args.gamma + 1
+
+            def step() -> None:
+                target.feed(probe)
+                target.crop(len(ids) - 1)
+
+            def verify_step() -> None:
+                target.feed(probe * k1, keep=k1)
+                target.crop(len(ids) - 1)
+
+            row["cost"] = {"target_step_ms": timed(step, 3), "verify_ms": timed(verify_step, 2)}
+            if draft_ids:
+                dl = len(dstate.tokens)
+
+                def dstep() -> None:
+                    dstate.feed(probe)
+                    dstate.crop(dl)
+
+                row["cost"]["drafter_step_ms"] = timed(dstep, 3)
+            row["seconds"] = round(time.perf_counter() - tq, 1)
+            rows.append(row)
+            write_result(args.out, {**meta, "summary": summarise(rows, methods, args.gamma), "questions": rows})
+            print(f"[{time.perf_counter() - t_start:7.0f}s] {length} {it.qid}: " + ", ".join(
+                f"{m} {v.get('tokens_per_s') or v.get('steady_tokens_per_s') or 0:.2f}t/s f1={v['f1']:.2f}"
+                + (f" acc={v['acceptance_rate']:.2f}" if "acceptance_rate" in v else "")
+                for m, v in row["methods"].items()), flush=True)
+    write_result(args.out, {**meta, "summary": summarise(rows, methods, args.gamma), "questions": rows,
+                            "bench_seconds": round(time.perf_counter() - t_start, 1)})
+
+
+def _mean(xs) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return round(float(np.mean(xs)), 4) if xs else None
+
+
+def summarise(rows: list[dict], methods: list[str], gamma: int) -> dict[str, Any]:
+    """Per length and method: mean F1/EM, decode tokens/s (total tokens / total time), acceptance,
+    speed-up over target-only on the same questions; plus the cost model and its prediction."""
+    out: dict[str, Any] = {}
+    for length in sorted({r["length"] for r in rows}):
+        rs = [r for r in rows if r["length"] == length]
+        per: dict[str, Any] = {}
+        for m in methods:
+            ms = [r["methods"][m] for r in rs if m in r["methods"]]
+            if not ms:
+                continue
+            timed_ms = [x for x in ms if "decode_ms" in x]
+            tps = (sum(x["tokens"] for x in timed_ms) / max(1e-9, sum(x["decode_ms"] for x in timed_ms) / 1000)
+                   if timed_ms else None)
+            steady = sum(x["steady_tokens"] for x in ms) / max(1e-9, sum(x["steady_ms"] for x in ms) / 1000)
+            d = {"n": len(ms), "f1": _mean(x["f1"] for x in ms), "em": _mean(x["em"] for x in ms),
+                 "tokens_per_s": round(tps, 3) if tps is not None else None,
+                 "steady_tokens_per_s": round(steady, 3)}
+            if any("drafted" in x for x in ms):
+                drafted = sum(x.get("drafted", 0) for x in ms)
+                d["acceptance_rate"] = round(sum(x.get("accepted", 0) for x in ms) / drafted, 4) if drafted else None
+                rounds = sum(x.get("rounds", 0) for x in ms)
+                d["mean_accepted"] = round(sum(x.get("accepted", 0) for x in ms) / rounds, 3) if rounds else None
+                d["drafted_per_round"] = round(drafted / rounds, 3) if rounds else None
+            per[m] = d
+        base = per.get("target", {}).get("tokens_per_s")
+        sbase = per.get("target", {}).get("steady_tokens_per_s")
+        for m, d in per.items():
+            d["speedup_vs_target"] = round(d["tokens_per_s"] / base, 3) if base and d["tokens_per_s"] else None
+            d["steady_speedup_vs_target"] = round(d["steady_tokens_per_s"] / sbase, 3) if sbase else None
+        cost = {k: _mean(r["cost"].get(k) for r in rs) for k in ("target_step_ms", "verify_ms", "drafter_step_ms")}
+        pred = {}
+        for m in ("rapid_eta0", "hybrid", *[x for x in methods if x.startswith("rapid_eta") and x != "rapid_eta0"]):
+            d = per.get(m)
+            if not d or not d.get("drafted_per_round") or not cost["drafter_step_ms"]:
+                continue
+            # tokens per round = accepted + 1; cost per round = drafted * drafter step (n-gram rounds ~0)
+            # + one verification; speed-up = target step * tokens per round / cost per round
+            llm_share = 1.0
+            if m == "hybrid":
+                ng = sum(r["methods"][m].get("ngram_rounds", 0) for r in rs if m in r["methods"])
+                llm_share = 1 - ng / max(1, sum(r["methods"][m].get("rounds", 0) for r in rs if m in r["methods"]))
+            per_round = d["drafted_per_round"] * cost["drafter_step_ms"] * llm_share + cost["verify_ms"]
+            pred[m] = round(cost["target_step_ms"] * (d["mean_accepted"] + 1) / per_round, 3)
+        out[str(length)] = {"methods": per, "cost_ms": cost, "predicted_speedup": pred}
+    out["crossover"] = crossover(out, gamma)
+    return out
+
+
+def crossover(summary: dict[str, Any], gamma: int) -> dict[str, Any]:
+    """Fit step(s) = a + b s and verify(s) = c + d s over the measured lengths; with the pooled
+    acceptance of RAPID (eta 0), find the smallest s where the predicted speed-up reaches 1."""
+    pts = [(int(k), v) for k, v in summary.items() if k.isdigit()]
+    if len(pts) < 2:
+        return {"note": "needs two lengths or more"}
+    s = np.array([p for p, _ in pts], dtype=float)
+    step = np.array([v["cost_ms"]["target_step_ms"] for _, v in pts])
+    ver = np.array([v["cost_ms"]["verify_ms"] for _, v in pts])
+    dstep = np.mean([v["cost_ms"]["drafter_step_ms"] for _, v in pts if v["cost_ms"]["drafter_step_ms"]])
+    b, a = np.polyfit(s, step, 1)
+    d, c = np.polyfit(s, ver, 1)
+    acc = [v["methods"].get("rapid_eta0", {}) for _, v in pts]
+    acc = [x for x in acc if x.get("drafted_per_round")]
+    if not acc:
+        return {"note": "no RAPID rounds"}
+    k = float(np.mean([x["drafted_per_round"] for x in acc]))
+    m = float(np.mean([x["mean_accepted"] for x in acc]))
+    grid = np.arange(512, 131072, 256)
+    speed = (a + b * grid) * (m + 1) / (k * dstep + c + d * grid)
+    over = grid[speed >= 1.0]
+    return {
+        "target_step_ms": f"{a:.2f} + {b * 1000:.4f} * s/1000",
+        "verify_ms": f"{c:.2f} + {d * 1000:.4f} * s/1000",
+        "drafter_step_ms": round(float(dstep), 2),
+        "drafted_per_round": round(k, 3),
+        "accepted_per_round": round(m, 3),
+        "predicted_crossover_tokens": int(over[0]) if len(over) else None,
+        "predicted_speedup_at_32k": round(float((a + b * 32768) * (m + 1) / (k * dstep + c + d * 32768)), 3),
+    }
+
+
+if __name__ == "__main__":
+    main()

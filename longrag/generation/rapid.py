@@ -1,0 +1,683 @@
+"""RAPID: retrieval-augmented speculative decoding for long-context answers (arXiv 2502.20330).
+
+The *target* model reads the whole long context; a *drafter* reads only a short context
+retrieved from the same document and proposes up to ``gamma`` tokens, which the target checks
+in one forward pass. Both keep their own KV cache (:class:`KVState`), cropped back to the
+committed tokens after every verification.
+
+Knowledge transfer: with target logits ``z``, ``p = softmax(z / T)`` and drafter distribution
+``q``, the target distribution used for acceptance is::
+
+    p_hat = softmax(z / T + eta * (q - p))      # only where p >= tail * max(p)
+
+A draft token ``x`` is accepted with probability ``min(1, p_hat(x) / q(x))``; on rejection the
+replacement is drawn from ``norm(max(p - p_hat, p - q, 0))``; after a fully accepted draft the
+bonus token is drawn from ``p``. ``eta = 0`` is exactly standard speculative sampling (the
+output follows the target's distribution); ``eta > 0`` pulls the output toward the drafter
+on purpose. With ``temperature = 0`` acceptance is argmax agreement on the adjusted logits.
+
+Everything here takes plain inputs (token ids, scores, callables) and imports no service code.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from transformers import DynamicCache
+
+from longrag.generation.decoding import TokenCallback, stop_token_ids
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------------
+# Drafter context: retrieval over the document's own fixed-size token chunks
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TokenChunk:
+    """A run of ``[tok_start, tok_end)`` document tokens covering chars ``[start, end)``."""
+
+    index: int
+    tok_start: int
+    tok_end: int
+    start: int
+    end: int
+
+    @property
+    def tokens(self) -> int:
+        return self.tok_end - self.tok_start
+
+
+@dataclass(frozen=True, slots=True)
+class RetrievedContext:
+    """The drafter's context: selected chunks in document order and their joined text."""
+
+    text: str
+    chunks: list[TokenChunk]
+    scores: list[float]
+    document_tokens: int
+    budget_tokens: int
+
+    @property
+    def tokens(self) -> int:
+        return sum(c.tokens for c in self.chunks)
+
+    @property
+    def empty(self) -> bool:
+        return not self.chunks
+
+
+ChunkScorer = Callable[[Sequence[TokenChunk]], Sequence[float]]
+"""Scores chunks against the question (higher is better, cosine-like); injected by callers."""
+
+
+def token_chunks(offsets: Sequence[tuple[int, int]], *, chunk_tokens: int = 512) -> list[TokenChunk]:
+    """Split a tokenised text (its ``offset_mapping``) into consecutive, non-overlapping chunks.
+
+    Args:
+        offsets: ``(char_start, char_end)`` per token, as a fast tokenizer returns them.
+        chunk_tokens: tokens per chunk (the paper uses ~512); the last chunk may be shorter.
+    """
+    if chunk_tokens <= 0:
+        raise ValueError("chunk_tokens must be positive")
+    out = []
+    for i, s in enumerate(range(0, len(offsets), chunk_tokens)):
+        e = min(s + chunk_tokens, len(offsets))
+        out.append(TokenChunk(i, s, e, int(offsets[s][0]), int(offsets[e - 1][1])))
+    return out
+
+
+def context_budget(document_tokens: int, *, budget_tokens: int = 4096, budget_ratio: int = 24) -> int:
+    """The drafter's token budget: ``max(budget_tokens, document_tokens / budget_ratio)``."""
+    return max(int(budget_tokens), math.ceil(document_tokens / max(1, budget_ratio)))
+
+
+def select_chunks(
+    chunks: Sequence[TokenChunk],
+    scores: Sequence[float],
+    *,
+    budget: int,
+    threshold: float = 0.3,
+) -> list[int]:
+    """Indices of the best chunks (score >= threshold) that fit ``budget`` tokens, in document order."""
+    if len(chunks) != len(scores):
+        raise ValueError(f"{len(chunks)} chunks but {len(scores)} scores")
+    order = sorted(range(len(chunks)), key=lambda i: -float(scores[i]))
+    picked: list[int] = []
+    used = 0
+    for i in order:
+        if float(scores[i]) < threshold:
+            break
+        if used + chunks[i].tokens > budget:
+            continue
+        picked.append(i)
+        used += chunks[i].tokens
+    return sorted(picked)
+
+
+def retrieve_context(
+    text: str,
+    tokenizer: Any,
+    scorer: ChunkScorer | Sequence[float],
+    *,
+    chunk_tokens: int = 512,
+    budget_tokens: int = 4096,
+    budget_ratio: int = 24,
+    threshold: float = 0.3,
+    separator: str = "\n\n",
+) -> RetrievedContext:
+    """Build the drafter's context from ``text``: chunk, score, select, restore document order.
+
+    Args:
+        text: the long context the target reads.
+        tokenizer: the decoder's (fast) tokenizer, used for token chunks and offsets.
+        scorer: a callable scoring the chunks, or precomputed scores (one per chunk).
+        chunk_tokens: chunk size in decoder tokens (no overlap; capped at the budget).
+        budget_tokens: minimum drafter budget; the budget is ``max(budget_tokens, s / budget_ratio)``.
+        budget_ratio: the ``24`` in ``s / 24``.
+        threshold: chunks scoring under it are dropped (empty result: callers fall back to
+            target-only decoding).
+        separator: joins non-adjacent chunks.
+    """
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    budget = context_budget(len(offsets), budget_tokens=budget_tokens, budget_ratio=budget_ratio)
+    chunks = token_chunks(offsets, chunk_tokens=max(1, min(chunk_tokens, budget)))
+    scores = list(scorer(chunks)) if callable(scorer) else list(scorer)
+    picked = select_chunks(chunks, scores, budget=budget, threshold=threshold) if chunks else []
+    parts: list[str] = []
+    prev = -2
+    for i in picked:
+        c = chunks[i]
+        piece = text[c.start : c.end]
+        if parts and i == prev + 1:
+            parts[-1] += text[chunks[prev].end : c.start] + piece  # adjacent: keep the original join
+        else:
+            parts.append(piece)
+        prev = i
+    return RetrievedContext(
+        separator.join(p.strip() for p in parts),
+        [chunks[i] for i in picked],
+        [float(scores[i]) for i in picked],
+        len(offsets),
+        budget,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# KV state: a model with its cache and the exact tokens the cache holds
+# --------------------------------------------------------------------------------------------
+
+
+def crop_to(cache: DynamicCache, length: int) -> None:
+    """Crop ``cache`` to its first ``length`` positions (transformers 5 ``crop`` takes -removed)."""
+    have = cache.get_seq_length()
+    if length < have:
+        cache.crop(length - have)
+
+
+@dataclass
+class KVState:
+    """A causal LM, its ``DynamicCache`` and the token ids whose keys/values the cache holds.
+
+    ``advance(seq)`` brings the cache to ``seq[:-1]`` plus whatever it must feed, reusing the
+    longest common prefix, and returns the logits after feeding the pending tokens.
+    """
+
+    model: Any
+    cache: DynamicCache = field(default_factory=DynamicCache)
+    tokens: list[int] = field(default_factory=list)
+    prefill_chunk: int = 2048
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def common_prefix(self, seq: Sequence[int]) -> int:
+        if len(self.tokens) <= len(seq) and list(seq[: len(self.tokens)]) == self.tokens:
+            return len(self.tokens)
+        n = 0
+        for a, b in zip(self.tokens, seq):
+            if a != b:
+                break
+            n += 1
+        return n
+
+    def crop(self, length: int) -> None:
+        crop_to(self.cache, length)
+        del self.tokens[length:]
+
+    @torch.inference_mode()
+    def feed(self, ids: Sequence[int], *, keep: int = 1) -> torch.Tensor:
+        """Append ``ids`` to the cache; return float logits of the last ``keep`` positions ``[keep, V]``."""
+        if not ids:
+            raise ValueError("nothing to feed")
+        ids = [int(i) for i in ids]
+        keep = max(1, min(keep, len(ids)))
+        head, tail = ids[: len(ids) - keep], ids[len(ids) - keep :]
+        for s in range(0, len(head), self.prefill_chunk):
+            piece = torch.tensor([head[s : s + self.prefill_chunk]], dtype=torch.long, device=self.device)
+            self.model(input_ids=piece, cache=self.cache, use_cache=True, logits_to_keep=1)
+        t = torch.tensor([tail], dtype=torch.long, device=self.device)
+        logits = self.model(input_ids=t, cache=self.cache, use_cache=True, logits_to_keep=keep).logits[0].float()
+        self.tokens.extend(ids)
+        return logits
+
+    def advance(self, seq: Sequence[int], *, extra: Sequence[int] = (), keep: int = 1) -> torch.Tensor:
+        """Make the cache hold ``seq`` (+ ``extra``), feeding at least one token; return logits.
+
+        The cache is cropped to the common prefix with ``seq`` (at most ``len(seq) - 1`` so the
+        last token is always fed), then ``seq``'s remaining tokens and ``extra`` are fed.
+        """
+        keep_len = min(self.common_prefix(seq), len(seq) - 1)
+        self.crop(max(0, keep_len))
+        pending = list(seq[len(self.tokens) :]) + list(extra)
+        return self.feed(pending, keep=keep)
+
+    def prefill(self, seq: Sequence[int]) -> None:
+        """Fill the cache with ``seq[:-1]`` (the last token is fed by the first step)."""
+        keep_len = min(self.common_prefix(seq), len(seq) - 1)
+        self.crop(max(0, keep_len))
+        rest = list(seq[len(self.tokens) : len(seq) - 1])
+        if rest:
+            self.feed(rest)
+
+
+# --------------------------------------------------------------------------------------------
+# Drafters
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Draft:
+    """Proposed tokens and, per token, the drafter's distribution ``q`` over the vocabulary.
+
+    ``probs`` is ``None`` for a deterministic proposal (``q`` = one-hot on the token).
+    """
+
+    tokens: list[int]
+    probs: torch.Tensor | None
+    source: str = "llm"
+
+
+class Drafter(Protocol):
+    def propose(self, generated: Sequence[int], gamma: int, *, temperature: float,
+                generator: torch.Generator | None) -> Draft: ...
+
+
+class LMDrafter:
+    """An LLM drafter over its own (short) prompt with its own KV cache.
+
+    Args:
+        model: a causal LM sharing the target's tokenizer (may be the target's own weights).
+        prompt_ids: the drafter's prompt (the retrieved context plus the question).
+        min_confidence: stop drafting once the next token's drafter probability falls under it
+            (always at least one token).
+        state: an optional pre-filled :class:`KVState` to reuse.
+    """
+
+    def __init__(self, model: Any, prompt_ids: Sequence[int], *, min_confidence: float = 0.3,
+                 state: KVState | None = None) -> None:
+        if not prompt_ids:
+            raise ValueError("the drafter prompt is empty")
+        self.prompt = list(prompt_ids)
+        self.min_confidence = min_confidence
+        self.state = state or KVState(model)
+        self.steps = 0
+        self.seconds = 0.0
+
+    def propose(self, generated: Sequence[int], gamma: int, *, temperature: float,
+                generator: torch.Generator | None) -> Draft:
+        t0 = time.perf_counter()
+        seq = self.prompt + list(generated)
+        logits = self.state.advance(seq)[-1]
+        self.steps += 1
+        tokens: list[int] = []
+        dists: list[torch.Tensor] = []
+        while True:
+            q = torch.softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)
+            if temperature > 0:
+                tok = int(torch.multinomial(q, 1, generator=generator).item())
+            else:
+                tok = int(torch.argmax(logits).item())
+            if tokens and float(q[tok]) < self.min_confidence:
+                break
+            tokens.append(tok)
+            dists.append(q)
+            if len(tokens) >= gamma:
+                break
+            logits = self.state.feed([tok])[-1]
+            self.steps += 1
+        self.seconds += time.perf_counter() - t0
+        return Draft(tokens, torch.stack(dists), "llm")
+
+
+class NgramDrafter:
+    """Prompt-lookup drafting: copy what followed the latest n-gram in a reference text.
+
+    Looks for the last ``n`` generated tokens (``max_ngram`` down to ``min_ngram``) in
+    ``reference_ids`` (the retrieved context) and proposes the tokens that followed the most
+    recent match. Deterministic: ``q`` is one-hot.
+    """
+
+    def __init__(self, reference_ids: Sequence[int], *, max_ngram: int = 3, min_ngram: int = 1) -> None:
+        if min_ngram < 1 or max_ngram < min_ngram:
+            raise ValueError("need 1 <= min_ngram <= max_ngram")
+        self.ref = list(reference_ids)
+        self.max_ngram = max_ngram
+        self.min_ngram = min_ngram
+        self.hits = 0
+        self.misses = 0
+
+    def lookup(self, history: Sequence[int], gamma: int) -> list[int]:
+        hist = list(history)
+        ref = self.ref
+        for n in range(min(self.max_ngram, len(hist)), self.min_ngram - 1, -1):
+            key = hist[-n:]
+            for s in range(len(ref) - n, -1, -1):  # most recent match first
+                if ref[s : s + n] == key and s + n < len(ref):
+                    return ref[s + n : s + n + gamma]
+        return []
+
+    def propose(self, generated: Sequence[int], gamma: int, *, temperature: float = 0.0,
+                generator: torch.Generator | None = None) -> Draft:
+        toks = self.lookup(generated, gamma) if generated else []
+        if toks:
+            self.hits += 1
+        else:
+            self.misses += 1
+        return Draft(toks, None, "ngram")
+
+
+class HybridDrafter:
+    """Exact n-gram lookup in the retrieved context first; the LLM drafter when nothing matches."""
+
+    def __init__(self, ngram: NgramDrafter, llm: LMDrafter) -> None:
+        self.ngram = ngram
+        self.llm = llm
+
+    def propose(self, generated: Sequence[int], gamma: int, *, temperature: float,
+                generator: torch.Generator | None) -> Draft:
+        d = self.ngram.propose(generated, gamma)
+        if d.tokens:
+            return d
+        return self.llm.propose(generated, gamma, temperature=temperature, generator=generator)
+
+
+# --------------------------------------------------------------------------------------------
+# Verification: the retrieval-augmented target distribution and acceptance
+# --------------------------------------------------------------------------------------------
+
+
+def adjusted_logits(target_logits: torch.Tensor, q: torch.Tensor, *, eta: float, temperature: float,
+                    tail: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(p, log-space logits of p_hat)`` for one position (or a batch on the last dim).
+
+    ``p = softmax(z / T)``; ``p_hat = softmax(z / T + eta * (q - p))`` where ``p >= tail * max p``;
+    tail tokens keep ``z / T``. With ``temperature <= 0`` the distributions use ``T = 1``.
+    """
+    t = temperature if temperature > 0 else 1.0
+    z = target_logits.float() / t
+    p = torch.softmax(z, dim=-1)
+    if eta == 0:
+        return p, z
+    mask = p >= tail * p.max(dim=-1, keepdim=True).values
+    return p, z + eta * (q - p) * mask
+
+
+def _one_hot(tok: int, like: torch.Tensor) -> torch.Tensor:
+    q = torch.zeros_like(like)
+    q[tok] = 1.0
+    return q
+
+
+@dataclass
+class Verdict:
+    accepted: int
+    next_token: int
+
+
+def verify(
+    draft: Sequence[int],
+    q: torch.Tensor | None,
+    target_logits: torch.Tensor,
+    *,
+    eta: float,
+    temperature: float,
+    tail: float = 0.1,
+    generator: torch.Generator | None = None,
+) -> Verdict:
+    """Accept a prefix of ``draft`` and choose the next token.
+
+    Args:
+        draft: the ``k`` proposed tokens.
+        q: the drafter's distributions ``[k, V]`` (``None``: one-hot proposals).
+        target_logits: ``[k + 1, V]`` target logits; row ``i`` predicts ``draft[i]``, row ``k``
+            the bonus token.
+    """
+    k = len(draft)
+    for i, x in enumerate(draft):
+        z = target_logits[i]
+        qi = q[i].to(z.device) if q is not None else _one_hot(x, z.float())
+        p, adj = adjusted_logits(z, qi, eta=eta, temperature=temperature, tail=tail)
+        if temperature <= 0:
+            best = int(torch.argmax(adj).item())
+            if best == x:
+                continue
+            return Verdict(i, best)
+        p_hat = torch.softmax(adj, dim=-1) if eta != 0 else p
+        qx = float(qi[x])
+        ratio = 1.0 if qx <= 0 else float(p_hat[x]) / qx
+        u = float(torch.rand((), generator=generator))
+        if u < min(1.0, ratio):
+            continue
+        resid = torch.clamp(torch.maximum(p - p_hat, p - qi), min=0.0)
+        total = float(resid.sum())
+        dist = resid / total if total > 0 else p
+        return Verdict(i, int(torch.multinomial(dist, 1, generator=generator).item()))
+    z = target_logits[k].float()
+    if temperature <= 0:
+        return Verdict(k, int(torch.argmax(z).item()))
+    p = torch.softmax(z / temperature, dim=-1)
+    return Verdict(k, int(torch.multinomial(p, 1, generator=generator).item()))
+
+
+# --------------------------------------------------------------------------------------------
+# The speculative loop
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RapidConfig:
+    """Options of :func:`rapid_generate`.
+
+    Attributes:
+        gamma: most tokens drafted per round (> 0).
+        eta: knowledge-transfer strength (>= 0; 0 = standard speculative decoding).
+        temperature: sampling temperature; 0 = greedy (argmax agreement).
+        tail: tokens with target probability under ``tail * max`` keep the plain target logit.
+        max_new_tokens: answer length cap.
+        seed: sampling seed.
+    """
+
+    gamma: int = 10
+    eta: float = 0.0
+    temperature: float = 0.0
+    tail: float = 0.1
+    max_new_tokens: int = 48
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.gamma <= 0:
+            raise ValueError(f"gamma must be positive, got {self.gamma}")
+        if self.eta < 0 or not math.isfinite(self.eta):
+            raise ValueError(f"eta must be a finite number >= 0, got {self.eta}")
+        if self.temperature < 0 or not math.isfinite(self.temperature):
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.tail <= 1:
+            raise ValueError(f"tail must be in [0, 1], got {self.tail}")
+        if self.max_new_tokens <= 0:
+            raise ValueError("max_new_tokens must be positive")
+
+
+@dataclass
+class RapidResult:
+    """What :func:`rapid_generate` produced, with acceptance statistics and timings."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    ttft_ms: float
+    total_ms: float
+    tokens_per_s: float
+    drafted: int = 0
+    accepted: int = 0
+    rounds: int = 0
+    target_calls: int = 0
+    draft_ms: float = 0.0
+    verify_ms: float = 0.0
+    ngram_rounds: int = 0
+    fallback: bool = False
+    first_tokens: int = 0  # tokens out by ttft (1 for plain decoding, a whole round for RAPID)
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def mean_accepted(self) -> float:
+        """Draft tokens accepted per verification round."""
+        return self.accepted / self.rounds if self.rounds else 0.0
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "acceptance_rate": round(self.acceptance_rate, 4),
+            "mean_accepted": round(self.mean_accepted, 3),
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+            "rounds": self.rounds,
+            "target_calls": self.target_calls,
+            "ngram_rounds": self.ngram_rounds,
+            "draft_ms": round(self.draft_ms, 2),
+            "verify_ms": round(self.verify_ms, 2),
+            "fallback_target_only": self.fallback,
+        }
+
+
+class _Emitter:
+    """Streams the decoded text's growth (never half a UTF-8 character)."""
+
+    def __init__(self, tokenizer: Any, on_token: TokenCallback | None) -> None:
+        self.tok = tokenizer
+        self.cb = on_token
+        self.emitted = ""
+
+    def update(self, ids: Sequence[int], *, final: bool = False) -> None:
+        if self.cb is None:
+            return
+        text = self.tok.decode(list(ids), skip_special_tokens=True)
+        if len(text) > len(self.emitted) and (final or not text.endswith("\ufffd")) and text.startswith(self.emitted):
+            self.cb(text[len(self.emitted) :])
+            self.emitted = text
+
+
+def _finish(out: list[int], stops: set[int], limit: int) -> tuple[list[int], bool]:
+    for i, t in enumerate(out):
+        if t in stops:
+            return out[:i], True
+    if len(out) >= limit:
+        return out[:limit], True
+    return out, False
+
+
+def check_same_tokenizer(target_tokenizer: Any, drafter_tokenizer: Any) -> None:
+    """Raise ``ValueError`` unless both tokenizers map text to the same ids."""
+    if target_tokenizer is drafter_tokenizer:
+        return
+    a, b = target_tokenizer.get_vocab(), drafter_tokenizer.get_vocab()
+    if a != b:
+        raise ValueError(
+            f"drafter and target tokenizers differ (vocab sizes {len(b)} vs {len(a)}); "
+            "RAPID needs a drafter that shares the target's tokenizer"
+        )
+    probe = "Speculative decoding: 12 tokens, verified once."
+    if target_tokenizer(probe, add_special_tokens=False)["input_ids"] != drafter_tokenizer(
+        probe, add_special_tokens=False
+    )["input_ids"]:
+        raise ValueError("drafter and target tokenizers split text differently; RAPID needs the same tokenizer")
+
+
+def autoregressive(
+    target: KVState,
+    tokenizer: Any,
+    prompt_ids: Sequence[int],
+    *,
+    config: RapidConfig = RapidConfig(),
+    on_token: TokenCallback | None = None,
+) -> RapidResult:
+    """Target-only decoding on a :class:`KVState` (the fallback and the baseline)."""
+    t0 = time.perf_counter()
+    prompt = list(prompt_ids)
+    stops = stop_token_ids(tokenizer)
+    gen = torch.Generator().manual_seed(config.seed) if config.temperature > 0 else None
+    emit = _Emitter(tokenizer, on_token)
+    out: list[int] = []
+    ttft = 0.0
+    target.prefill(prompt)
+    calls = 0
+    while True:
+        logits = target.advance(prompt + out)[-1]
+        calls += 1
+        if config.temperature > 0:
+            tok = int(torch.multinomial(torch.softmax(logits / config.temperature, -1), 1, generator=gen).item())
+        else:
+            tok = int(torch.argmax(logits).item())
+        if not out:
+            ttft = (time.perf_counter() - t0) * 1000
+        out.append(tok)
+        out, done = _finish(out, stops, config.max_new_tokens)
+        emit.update(out)
+        if done:
+            break
+    return _result(tokenizer, out, prompt, t0, ttft, emit, target_calls=calls, fallback=True, first_tokens=1)
+
+
+def _result(tokenizer: Any, out: list[int], prompt: list[int], t0: float, ttft: float, emit: _Emitter,
+            **kw: Any) -> RapidResult:
+    total = (time.perf_counter() - t0) * 1000
+    emit.update(out, final=True)
+    decode_ms = max(total - ttft, 1e-6)
+    tps = (len(out) - 1) / (decode_ms / 1000) if len(out) > 1 else 0.0
+    text = tokenizer.decode(out, skip_special_tokens=True).strip()
+    return RapidResult(text, out, len(prompt), ttft, total, tps, **kw)
+
+
+def rapid_generate(
+    target: KVState,
+    drafter: Drafter | None,
+    tokenizer: Any,
+    prompt_ids: Sequence[int],
+    *,
+    config: RapidConfig = RapidConfig(),
+    on_token: TokenCallback | None = None,
+) -> RapidResult:
+    """Speculative decoding: ``drafter`` proposes, ``target`` (long context) verifies.
+
+    Args:
+        target: the target's :class:`KVState` (may already hold a prefix of ``prompt_ids``).
+        drafter: a :class:`LMDrafter`, :class:`NgramDrafter` or :class:`HybridDrafter`;
+            ``None`` falls back to target-only decoding.
+        tokenizer: the shared tokenizer (stop tokens, streaming).
+        prompt_ids: the target's prompt (long context + question).
+        config: :class:`RapidConfig`.
+        on_token: streaming callback receiving text deltas.
+    """
+    if drafter is None:
+        return autoregressive(target, tokenizer, prompt_ids, config=config, on_token=on_token)
+    t0 = time.perf_counter()
+    prompt = list(prompt_ids)
+    stops = stop_token_ids(tokenizer)
+    gen = torch.Generator().manual_seed(config.seed) if config.temperature > 0 else None
+    emit = _Emitter(tokenizer, on_token)
+    res = dict(drafted=0, accepted=0, rounds=0, target_calls=0, draft_ms=0.0, verify_ms=0.0, ngram_rounds=0,
+               first_tokens=0)
+    out: list[int] = []
+    ttft = 0.0
+    target.prefill(prompt)
+    while True:
+        room = config.max_new_tokens - len(out)
+        td = time.perf_counter()
+        draft = drafter.propose(out, min(config.gamma, max(1, room - 1)), temperature=config.temperature,
+                                generator=gen)
+        tv = time.perf_counter()
+        res["draft_ms"] += (tv - td) * 1000
+        k = len(draft.tokens)
+        logits = target.advance(prompt + out, extra=draft.tokens, keep=k + 1)
+        res["target_calls"] += 1
+        verdict = verify(draft.tokens, draft.probs, logits, eta=config.eta, temperature=config.temperature,
+                         tail=config.tail, generator=gen)
+        res["verify_ms"] += (time.perf_counter() - tv) * 1000
+        if k:
+            res["rounds"] += 1
+            res["drafted"] += k
+            res["accepted"] += verdict.accepted
+            res["ngram_rounds"] += int(draft.source == "ngram")
+        out.extend(draft.tokens[: verdict.accepted])
+        out.append(verdict.next_token)
+        # the target cache holds prompt + out[:-1] + the rejected draft tail: crop it now
+        target.crop(len(prompt) + len(out) - 1)
+        if not ttft:
+            ttft = (time.perf_counter() - t0) * 1000
+            res["first_tokens"] = len(out)
+        out, done = _finish(out, stops, config.max_new_tokens)
+        emit.update(out)
+        if done:
+            break
+    return _result(tokenizer, out, prompt, t0, ttft, emit, **res)

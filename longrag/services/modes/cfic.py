@@ -1,0 +1,128 @@
+"""QA mode ``cfic``: evidence = verbatim spans extracted by the decoder (CFIC), answer from them.
+
+Flow: the pipeline's retriever ranks chunks (they choose the document and, when it is longer
+than the extractor's budget, the regions the model reads); :class:`CficExtractor` prefills the
+question + document once and decodes the evidence spans (exact document offsets); the answer is
+generated with the spans as the only context. When the extractor finds no evidence (P(end)
+before any evidence token above the threshold) the answer is ``unknown`` with no evidence.
+
+Options come from ``Question.options`` (keys of :class:`CficSettings`) over ``LONGRAG_CFIC_*``
+environment variables.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import fields
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from longrag.errors import InvalidRequestError
+from longrag.generation.decoding import TokenCallback
+from longrag.generation.prompts import context_block
+from longrag.retrieval.cfic import CficExtractor, CficOptions, load_adapter_extractor
+from longrag.services.qa import Answer, Evidence, QAPipeline, Question, register_mode
+
+log = logging.getLogger(__name__)
+
+
+class CficSettings(BaseSettings):
+    """CFIC tunables (env ``LONGRAG_CFIC_<NAME>``; per question via ``Question.options``)."""
+
+    model_config = SettingsConfigDict(env_prefix="LONGRAG_CFIC_", extra="ignore")
+
+    extractor: str | None = None  # registry decoder that extracts (None: the pipeline's decoder)
+    adapter: str | None = None  # LoRA adapter folder merged into a copy of the extractor
+    top_k: int = 3
+    method: str = "prefix"  # prefix | likelihood
+    max_span_sentences: int = 4
+    max_span_words: int = 256
+    no_evidence_threshold: float = 0.5
+    doc_tokens: int | None = None  # document tokens shown (None: the model's window)
+    regions: int = 4
+    score_candidates: int = 0
+    batch_size: int = 4
+
+
+_extractors: dict[tuple[str, str | None], CficExtractor] = {}
+_lock = threading.Lock()
+
+
+def get_extractor(pipe: QAPipeline, name: str | None, adapter: str | None) -> CficExtractor:
+    """One extractor per (decoder, adapter) per process (models come from the registry)."""
+    from longrag.models.registry import load_decoder
+
+    dec = load_decoder(name) if name else pipe.decoder
+    key = (dec.name, adapter)
+    with _lock:
+        if key not in _extractors:
+            _extractors[key] = (load_adapter_extractor(dec, adapter) if adapter
+                                else CficExtractor(dec.model, dec.tokenizer, context_window=dec.context_window))
+        return _extractors[key]
+
+
+def _settings(q: Question) -> CficSettings:
+    base = CficSettings()
+    known = {k: v for k, v in (q.options or {}).items() if k in CficSettings.model_fields}
+    return base.model_copy(update=known) if known else base
+
+
+def _options(s: CficSettings) -> CficOptions:
+    names = {f.name for f in fields(CficOptions)}
+    return CficOptions(**{k: v for k, v in s.model_dump().items() if k in names})
+
+
+@register_mode("cfic")
+def cfic_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -> Answer:
+    """Retrieve (to pick the document and regions), extract verbatim evidence, answer from it."""
+    t0 = time.perf_counter()
+    s = _settings(q)
+    if s.method not in ("prefix", "likelihood"):
+        raise InvalidRequestError("cfic method must be 'prefix' or 'likelihood'")
+    hits, r_ms = pipe.retrieve(q)
+    if not hits:
+        raise InvalidRequestError("no passages found for the question")
+    doc_id = q.doc_ids[0] if q.doc_ids and len(q.doc_ids) == 1 else hits[0].doc_id
+    text = pipe.corpus.text(doc_id)
+    sentences = pipe.corpus.store.sentences(doc_id)
+    anchors: list[int] = []
+    for h in (h for h in hits if h.doc_id == doc_id):  # retrieval rank -> sentence anchors
+        anchors.extend(x.index for x in sentences if x.start < h.end and x.end > h.start and x.index not in anchors)
+    extractor = get_extractor(pipe, s.extractor, s.adapter)
+    t1 = time.perf_counter()
+    res = extractor(text, sentences, q.text, anchors=anchors or None, options=_options(s))
+    x_ms = (time.perf_counter() - t1) * 1000
+    evidence = [Evidence(doc_id, sp.start, sp.end, sp.text) for sp in res.spans]
+    stats = {
+        "doc_id": doc_id,
+        "cfic_candidates": res.candidates,
+        "cfic_spans": len(res.spans),
+        "cfic_no_evidence": res.no_evidence,
+        "cfic_p_end_at_start": round(res.p_end_at_start, 5),
+        "cfic_prompt_tokens": res.prompt_tokens,
+        "cfic_regions": [list(r) for r in res.regions],
+        "cfic_method": s.method,
+        "cfic_extractor": f"{s.extractor or pipe.decoder.name}{' + ' + s.adapter if s.adapter else ''}",
+        "extraction_ms": round(x_ms, 2),
+        "cfic_prefill_ms": res.timings.get("prefill_ms", 0.0),
+    }
+    if res.no_evidence:
+        if on_token is not None:
+            on_token("unknown")
+        total = (time.perf_counter() - t0) * 1000
+        return Answer("unknown", [], {"retrieval_ms": round(r_ms, 2), "ttft_ms": round(total, 2),
+                                      "total_ms": round(total, 2), "tokens_per_s": 0.0}, stats, "cfic")
+    gen = pipe.answer_from_context(q, context_block([e.text for e in evidence]), on_token)
+    stats.update(prompt_tokens=gen.prompt_tokens, generated_tokens=len(gen.token_ids))
+    before_gen = r_ms + x_ms
+    return Answer(
+        gen.text,
+        evidence,
+        {"retrieval_ms": round(r_ms, 2), "extraction_ms": round(x_ms, 2),
+         "ttft_ms": round(before_gen + gen.ttft_ms, 2),
+         "total_ms": round((time.perf_counter() - t0) * 1000, 2), "tokens_per_s": round(gen.tokens_per_s, 2)},
+        stats,
+        "cfic",
+    )

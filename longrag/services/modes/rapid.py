@@ -1,0 +1,183 @@
+"""QA mode ``rapid``: the target reads the full document window, a drafter the retrieved part.
+
+RAPID (retrieval-augmented speculative decoding, docs/rapid.md). The target decoder's prompt
+is the same long context as the ``full`` mode (the document, up to the decoder's window,
+centred on the best hit); the drafter's prompt holds only the ~512-token chunks of that
+window that retrieval ranks best (budget ``max(budget, s / 24)``), in document order. The
+drafter proposes up to ``gamma`` tokens, the target verifies them in one pass.
+
+Options (``Question.options``, else settings ``LONGRAG_RAPID_*``): ``gamma``, ``eta``,
+``temperature``, ``drafter`` (``llm`` | ``hybrid`` | ``ngram``), ``budget_tokens``,
+``threshold``, ``min_confidence``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from longrag.errors import InvalidRequestError
+from longrag.generation.decoding import TokenCallback
+from longrag.generation.prompts import answer_messages, encode_chat
+from longrag.generation.rapid import (
+    HybridDrafter,
+    KVState,
+    LMDrafter,
+    NgramDrafter,
+    RapidConfig,
+    RetrievedContext,
+    TokenChunk,
+    check_same_tokenizer,
+    rapid_generate,
+    retrieve_context,
+)
+from longrag.retrieval.types import Hit
+from longrag.services.qa import Answer, QAPipeline, Question, ground, register_mode
+
+log = logging.getLogger(__name__)
+
+DRAFTERS = ("llm", "hybrid", "ngram")
+
+
+def load_drafter(pipe: QAPipeline) -> Any:
+    """The drafter decoder: the target itself unless ``LONGRAG_RAPID_DRAFTER`` names another.
+
+    Raises:
+        InvalidRequestError: the configured drafter's tokenizer differs from the target's.
+    """
+    name = pipe.settings.rapid_drafter
+    if not name or name == pipe.decoder_name:
+        return pipe.decoder
+    from longrag.models.registry import load_decoder
+
+    drafter = load_decoder(name)
+    try:
+        check_same_tokenizer(pipe.decoder.tokenizer, drafter.tokenizer)
+    except ValueError as exc:
+        raise InvalidRequestError(f"rapid drafter {name!r} cannot draft for {pipe.decoder_name!r}: {exc}") from exc
+    return drafter
+
+
+def overlap_scorer(hits: list[Hit], offset: int):
+    """Chunk scores from retrieval hits: the best hit overlapping each chunk (-1 when none).
+
+    ``offset`` is the character where the target's window starts in the document.
+    """
+
+    def score(chunks: list[TokenChunk]) -> list[float]:
+        out = []
+        for c in chunks:
+            a, b = c.start + offset, c.end + offset
+            s = [h.score for h in hits if h.start < b and h.end > a]
+            out.append(max(s) if s else -1.0)
+        return out
+
+    return score
+
+
+def _opt(q: Question, name: str, default: Any, kind: type) -> Any:
+    value = q.options.get(name, default) if q.options else default
+    try:
+        return kind(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequestError(f"option {name!r} must be {kind.__name__}, got {value!r}") from exc
+
+
+def _window(pipe: QAPipeline, q: Question, text: str, anchor_char: int) -> tuple[int, int, int, int]:
+    """The full mode's window: ``(start_char, end_char, window_tokens, document_tokens)``."""
+    tok = pipe.decoder.tokenizer
+    budget = pipe.context_budget(q)
+    offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    if len(offsets) <= budget:
+        return 0, len(text), len(offsets), len(offsets)
+    centre = next((i for i, (a, _) in enumerate(offsets) if a >= anchor_char), 0)
+    first = max(0, min(centre - budget // 2, len(offsets) - budget))
+    return offsets[first][0], offsets[first + budget - 1][1], budget, len(offsets)
+
+
+@register_mode("rapid")
+def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -> Answer:
+    """Long-context target + retrieval-context drafter, speculative decoding."""
+    t0 = time.perf_counter()
+    s = pipe.settings
+    if q.kv == "sentencekv":
+        raise InvalidRequestError("the rapid mode keeps a full KV cache for the target; kv='sentencekv' is not supported")
+    drafter_kind = str(q.options.get("drafter", s.rapid_drafter_kind) if q.options else s.rapid_drafter_kind)
+    if drafter_kind not in DRAFTERS:
+        raise InvalidRequestError(f"unknown drafter {drafter_kind!r}; choose from {list(DRAFTERS)}")
+    try:
+        config = RapidConfig(
+            gamma=_opt(q, "gamma", s.rapid_gamma, int),
+            eta=_opt(q, "eta", s.rapid_eta, float),
+            temperature=_opt(q, "temperature", s.rapid_temperature, float),
+            max_new_tokens=q.max_new_tokens or s.max_new_tokens,
+        )
+    except ValueError as exc:
+        raise InvalidRequestError(f"rapid: {exc}") from exc
+    budget_tokens = _opt(q, "budget_tokens", s.rapid_budget_tokens, int)
+    threshold = _opt(q, "threshold", s.rapid_threshold, float)
+    min_conf = _opt(q, "min_confidence", s.rapid_min_confidence, float)
+
+    hits, r_ms = pipe.retrieve(q)
+    if not hits:
+        raise InvalidRequestError("no passages found for the question")
+    doc_id = q.doc_ids[0] if q.doc_ids and len(q.doc_ids) == 1 else hits[0].doc_id
+    text = pipe.corpus.text(doc_id)
+    anchor = next((h.start for h in hits if h.doc_id == doc_id), 0)
+    start, end, window_tokens, doc_tokens = _window(pipe, q, text, anchor)
+    context = text[start:end]
+
+    # Retrieval over the window's own 512-token chunks, scored by the corpus's dense index.
+    t1 = time.perf_counter()
+    n_doc_chunks = len(pipe.corpus.store.chunk_ids_for([doc_id]))
+    doc_hits = pipe.corpus.search(q.text, k=max(1, n_doc_chunks), doc_ids=[doc_id])
+    target = pipe.decoder
+    drafter_dec = load_drafter(pipe)
+    retrieved: RetrievedContext = retrieve_context(
+        context, target.tokenizer, overlap_scorer(doc_hits, start),
+        chunk_tokens=s.rapid_chunk_tokens, budget_tokens=budget_tokens, threshold=threshold,
+    )
+    r_ms += (time.perf_counter() - t1) * 1000
+
+    target_ids = encode_chat(target.tokenizer, answer_messages(q.text, context))
+    drafter = None
+    draft_ids: list[int] = []
+    if not retrieved.empty:
+        draft_ids = encode_chat(target.tokenizer, answer_messages(q.text, retrieved.text))
+        llm = LMDrafter(drafter_dec.model, draft_ids, min_confidence=min_conf)
+        ngram = NgramDrafter(draft_ids, max_ngram=s.rapid_max_ngram)
+        drafter = {"llm": llm, "ngram": ngram, "hybrid": HybridDrafter(ngram, llm)}[drafter_kind]
+    else:
+        log.info("rapid: retrieval kept no chunk over threshold %.2f; target-only decoding", threshold)
+    gen = rapid_generate(KVState(target.model), drafter, target.tokenizer, target_ids, config=config, on_token=on_token)
+
+    used_hits = [h for h in doc_hits if any(c.start + start < h.end and c.end + start > h.start for c in retrieved.chunks)]
+    evidence_hits = sorted(used_hits or [h for h in hits if h.doc_id == doc_id] or hits, key=lambda h: -h.score)
+    timings = {
+        "retrieval_ms": round(r_ms, 2),
+        "ttft_ms": round(r_ms + gen.ttft_ms, 2),
+        "total_ms": round((time.perf_counter() - t0) * 1000, 2),
+        "tokens_per_s": round(gen.tokens_per_s, 2),
+    }
+    stats = {
+        **gen.stats(),
+        "doc_id": doc_id,
+        "drafter": drafter_kind if drafter is not None else None,
+        "drafter_model": drafter_dec.name,
+        "gamma": config.gamma,
+        "eta": config.eta,
+        "temperature": config.temperature,
+        "context_tokens": window_tokens,
+        "document_tokens": doc_tokens,
+        "truncated": window_tokens < doc_tokens,
+        "context_chars": [start, end],
+        "drafter_context_tokens": retrieved.tokens,
+        "drafter_budget_tokens": retrieved.budget_tokens,
+        "drafter_chunks": [[c.start + start, c.end + start] for c in retrieved.chunks],
+        "prompt_tokens": gen.prompt_tokens,
+        "drafter_prompt_tokens": len(draft_ids),
+        "generated_tokens": len(gen.token_ids),
+        "kv": "full",
+    }
+    return Answer(gen.text, ground(gen.text, evidence_hits, pipe.corpus), timings, stats, "rapid")

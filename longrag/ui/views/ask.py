@@ -1,0 +1,123 @@
+"""Ask: a question over chosen documents; the answer streams in, then evidence and timings."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from longrag.ui.client import RESET, APIError, QueryResult
+from longrag.ui.common import DEFAULT_MODES, VIEWS, client, doc_label, documents_or_error, show_error, text_of
+from longrag.ui.highlight import window_html
+
+
+def _modes() -> list[str]:
+    try:
+        return client().modes() or DEFAULT_MODES
+    except APIError:
+        return DEFAULT_MODES
+
+
+def _stream_answer(question: str, doc_ids: list[str], mode: str) -> QueryResult:
+    """Show the answer token by token as the API streams it; returns the final result."""
+    box = st.empty()
+    shown = ""
+    box.markdown("_waiting for the first token…_")
+    for item in client().stream_query(question, doc_ids=doc_ids or None, mode=mode):
+        if isinstance(item, QueryResult):
+            box.markdown(item.answer or "_(empty answer)_")
+            return item
+        if item is RESET:
+            shown = ""
+            box.markdown("_a worker restarted the answer…_")
+            continue
+        shown += item
+        box.markdown(shown + " ▌")
+    raise APIError("the stream ended without a final result")
+
+
+def _timings(result: QueryResult) -> None:
+    t = result.timings
+    cols = st.columns(4)
+    cols[0].metric("Retrieval", f"{t.get('retrieval_ms', 0):.0f} ms")
+    cols[1].metric("First token", f"{t.get('ttft_ms', 0):.0f} ms")
+    cols[2].metric("Total", f"{t.get('total_ms', 0):.0f} ms")
+    cols[3].metric("Speed", f"{t.get('tokens_per_s', 0):.1f} tok/s")
+
+
+def _evidence(result: QueryResult, titles: dict[str, str], radius: int) -> None:
+    if not result.evidence:
+        st.info("No evidence was returned for this answer.")
+        return
+    for i, ev in enumerate(result.evidence, 1):
+        with st.container(border=True):
+            head, link = st.columns([5, 1], vertical_alignment="center")
+            head.markdown(f"**Evidence {i}** · {titles.get(ev.doc_id, ev.doc_id)} · "
+                          f"characters `{ev.start:,}–{ev.end:,}`")
+            link.page_link(VIEWS / "reader.py", label="Open at position", icon=":material/open_in_new:",
+                           query_params={"doc": ev.doc_id, "start": str(ev.start), "end": str(ev.end)})
+            try:
+                text = text_of(ev.doc_id)
+            except APIError as exc:
+                show_error(exc)
+                st.markdown(f"> {ev.text}")
+                continue
+            if text[ev.start:ev.end] != ev.text:
+                st.warning("The document changed since this answer: showing the evidence alone.")
+                st.markdown(f"> {ev.text}")
+                continue
+            st.html(window_html(text, ev.start, ev.end, doc_id=ev.doc_id, radius=radius))
+
+
+def _result(result: QueryResult, titles: dict[str, str], radius: int) -> None:
+    _timings(result)
+    st.markdown("#### Evidence")
+    _evidence(result, titles, radius)
+    with st.expander("Statistics"):
+        st.json({"mode": result.mode, **result.stats})
+
+
+st.title("Ask")
+docs = documents_or_error()
+if docs is not None and not docs:
+    st.info("No documents yet: add some on the Documents page first.", icon=":material/info:")
+    st.page_link(VIEWS / "documents.py", label="Go to Documents", icon=":material/description:")
+    st.stop()
+docs = docs or []
+titles = {d.doc_id: d.title for d in docs}
+
+with st.form("ask"):
+    question = st.text_area("Question", placeholder="Who …? When …? Why …?", height=90)
+    c1, c2, c3 = st.columns([4, 2, 2])
+    chosen = c1.multiselect("Documents (none chosen: search all)", options=[d.doc_id for d in docs],
+                            format_func=lambda i: doc_label(next(d for d in docs if d.doc_id == i)))
+    modes = _modes()
+    mode = c2.selectbox("Mode", modes, index=modes.index("plain") if "plain" in modes else 0)
+    radius = c3.slider("Context around evidence (chars)", 100, 2000, 300, step=100)
+    stream = st.toggle("Stream tokens", value=True)
+    asked = st.form_submit_button("Ask", type="primary", icon=":material/send:")
+
+if asked:
+    if not question.strip():
+        st.warning("Type a question first.")
+    else:
+        st.markdown("#### Answer")
+        try:
+            if stream:
+                with st.container(border=True):
+                    result = _stream_answer(question, chosen, mode)
+            else:
+                with st.spinner("Thinking…"):
+                    result = client().query(question, doc_ids=chosen or None, mode=mode)
+                with st.container(border=True):
+                    st.markdown(result.answer or "_(empty answer)_")
+        except APIError as exc:
+            show_error(exc)
+        else:
+            st.session_state["last_answer"] = {"question": question, "result": result, "radius": radius}
+            _result(result, titles, radius)
+elif "last_answer" in st.session_state:
+    last = st.session_state["last_answer"]
+    st.markdown("#### Answer")
+    st.caption(f"Question: {last['question']}")
+    with st.container(border=True):
+        st.markdown(last["result"].answer or "_(empty answer)_")
+    _result(last["result"], titles, last["radius"])

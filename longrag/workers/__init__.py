@@ -1,0 +1,1 @@
+"""Celery workers: thin task wrappers over ``longrag.services`` (see ``tasks.py``)."""
