@@ -18,10 +18,10 @@ os.environ.setdefault("LONGRAG_MODEL_CACHE", str(REPO / ".cache" / "models"))
 
 
 def set_threads(n: int = 2) -> None:
-    """Pin torch (and BLAS) to ``n`` threads so runs are comparable on the shared CPU."""
+    """Pin torch to ``n`` threads (``LONGRAG_BENCH_THREADS`` overrides) for comparable runs."""
     import torch
 
-    torch.set_num_threads(n)
+    torch.set_num_threads(int(os.environ.get("LONGRAG_BENCH_THREADS", n)))
 
 
 def hardware() -> dict[str, Any]:

@@ -149,20 +149,24 @@ def summarise(rows: list[dict]) -> dict:
     }
 
 
-def run(n: int, systems: list[str], decoder_name: str | None, work: Path, summary_only: bool = False) -> dict:
+def run(n: int, systems: list[str], decoder_name: str | None, work: Path, summary_only: bool = False,
+        max_articles: int = 0, tag: str = "") -> dict:
     from longrag.config import get_settings
     from longrag.services.qa import QAPipeline, Question
 
     set_threads(2)
     articles, questions = load_squad()
+    if max_articles:  # smoke runs: a corpus of the first articles only
+        articles = articles[:max_articles]
+        questions = [q for q in questions if q.article < max_articles]
     sample: list[SquadQuestion] = squad_sample(questions, n, seed=SEED)
-    out_dir = RESULTS / "e2e"
+    out_dir = RESULTS / f"e2e{tag}"
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = get_settings()
     decoder_name = decoder_name or settings.decoder
     info: dict = {}
     if not summary_only:
-        corpus, _, ingest_s = squad_corpus(articles, work / f"squad-{getattr(settings, 'embed_backend', 'torch')}")
+        corpus, _, ingest_s = squad_corpus(articles, work / f"squad{tag}-{settings.embed_backend}")
         info["longrag_ingest_seconds"] = round(ingest_s, 1)
         runners = {}
         if "longrag" in systems:
@@ -175,7 +179,7 @@ def run(n: int, systems: list[str], decoder_name: str | None, work: Path, summar
 
             runners["longrag"] = ours
         if "langchain" in systems:
-            peer = LangChainPeer(articles, decoder_name, cache=work / "langchain-faiss")
+            peer = LangChainPeer(articles, decoder_name, cache=work / f"langchain-faiss{tag}")
             info["langchain_chunks"] = peer.n_chunks
             info["langchain_index_seconds"] = round(peer.index_seconds, 1)
             runners["langchain"] = peer.ask
@@ -212,19 +216,19 @@ def run(n: int, systems: list[str], decoder_name: str | None, work: Path, summar
         "setup": {
             "decoder": decoder_name, "prompt": "longrag.generation.prompts.answer_messages (same for all)",
             "decoding": f"greedy, max_new_tokens={settings.max_new_tokens}", "top_k": TOP_K,
-            "retrieval_scope": "all 48 articles (open retrieval over the corpus)",
+            "retrieval_scope": f"all {len(articles)} articles (open retrieval over the corpus)",
             "longrag": f"plain mode, sentence-aligned chunks (~{settings.chunk_tokens} word-pieces), MiniLM, FAISS flat IP",
             "langchain": f"RecursiveCharacterTextSplitter(chunk_size={LC_CHUNK_CHARS}, chunk_overlap={LC_OVERLAP}) + "
                          "HuggingFaceEmbeddings(MiniLM) + langchain_community FAISS",
             "bm25": "bm25s (English stopwords) over longrag's chunks",
-            "embed_backend": getattr(settings, "embed_backend", "torch"),
+            "embed_backend": settings.embed_backend,
             **info,
         },
         "metrics": "EM / F1 with the official SQuAD v1.1 normalisation (max over gold answers)",
         "hardware": hardware(),
         "results": results,
     }
-    write_result("core_e2e", payload)
+    write_result(f"core_e2e{tag}", payload)
     return payload
 
 
@@ -235,9 +239,11 @@ def main() -> None:
     ap.add_argument("--decoder", default=None)
     ap.add_argument("--work", type=Path, default=WORK / "e2e")
     ap.add_argument("--summary-only", action="store_true", help="summarise the JSONL files without running")
+    ap.add_argument("--max-articles", type=int, default=0, help="smoke runs: only the first N articles")
+    ap.add_argument("--tag", default="", help="suffix of the output names (smoke runs)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    res = run(args.n, args.systems.split(","), args.decoder, args.work, args.summary_only)
+    res = run(args.n, args.systems.split(","), args.decoder, args.work, args.summary_only, args.max_articles, args.tag)
     print(json.dumps(res["results"], indent=2))
 
 

@@ -5,7 +5,7 @@ backend, measured side by side in one process, rounds interleaved so that the lo
 shared machine hits every backend alike. Quality: cosine of each backend's vectors to the
 plain fp32 vectors. Writes ``bench/results/embed_speed.json``.
 
-    python -m bench.embed_speed [--n 500] [--rounds 2] [--threads 2]
+    python -m bench.embed_speed [--n 500] [--rounds 2] [--threads 1]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=500, help="sentences")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
     args = ap.parse_args()
     set_threads(args.threads)
     from longrag.config import get_settings
@@ -60,12 +60,14 @@ def main() -> None:
     for fn in variants.values():  # warm-up
         fn(sentences[:64])
     times: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
     vecs: dict[str, np.ndarray] = {}
     for r in range(args.rounds):
         for name, fn in variants.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = fn(sentences)
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
             vecs[name] = np.asarray(out, dtype=np.float32)
             print(f"round {r} {name}: {len(sentences) / times[name][-1]:.1f} sentences/s", flush=True)
     ref = vecs["torch_plain_encode_default"]
@@ -81,6 +83,8 @@ def main() -> None:
             "sentences_per_s_best": round(len(sentences) / min(times[name]), 1),
             "speedup_vs_plain_median": round(base / med, 2),
             "seconds_per_round": [round(t, 2) for t in times[name]],
+            "cpu_seconds_per_round": [round(t, 2) for t in cpu[name]],
+            "sentences_per_cpu_s": round(len(sentences) / statistics.median(cpu[name]), 1),
             "cosine_to_plain_fp32": {"mean": round(float(cos.mean()), 5), "min": round(float(cos.min()), 5)},
         }
     tokens = plain.tokenizer(sentences, add_special_tokens=False)["input_ids"]

@@ -71,7 +71,7 @@ def _bm25(texts: list[str]):
 
 
 # -- SQuAD ------------------------------------------------------------------------------------
-def squad_retrieval(n: int, backends: list[str], work: Path) -> dict:
+def squad_retrieval(n: int, backends: list[str], work: Path, query_backends: list[str] = ()) -> dict:
     articles, questions = load_squad()
     if n and n < len(questions):
         questions = random.Random(0).sample(questions, n)
@@ -103,6 +103,21 @@ def squad_retrieval(n: int, backends: list[str], work: Path) -> dict:
                             and any(r.start <= s and e <= r.end for s, e in q.spans))
             ranks.append(first_hit_rank(hits))
         results[f"longrag_dense[{backend}]"] = hit_metrics(ranks, KS)
+        for qb in query_backends:  # other query encoders against the same chunk vectors
+            from longrag.models.registry import load_embedder
+            from longrag.retrieval.embed import Embedder
+
+            qv2 = Embedder(load_embedder(backend=qb, device="cpu")).encode([q.question for q in questions])
+            _, ids2 = corpus.index().search(qv2, max(KS))
+            rows2 = corpus.store.chunk_rows(np.unique(ids2[ids2 >= 0]).tolist())
+            ranks2 = []
+            for q, row_ids in zip(questions, ids2):
+                ranks2.append(first_hit_rank([
+                    (r := rows2.get(int(c))) is not None and doc_index.get(r.doc_id) == q.article
+                    and any(r.start <= s and e <= r.end for s, e in q.spans) for c in row_ids]))
+            results[f"longrag_dense[chunks {backend}, queries {qb}]"] = hit_metrics(ranks2, KS)
+            cos = (qvecs * qv2).sum(axis=1)
+            extra[f"query_cosine_{qb}_vs_{backend}"] = {"mean": round(float(cos.mean()), 5), "min": round(float(cos.min()), 5)}
         n_chunks = corpus.store.count_vectors("chunk")
         extra[backend] = {"chunks": n_chunks, "ingest_seconds_this_run": round(ingest_s, 1),
                           "query_embed_seconds": round(embed_s, 1), "search_seconds": round(search_s, 2)}
@@ -204,6 +219,7 @@ def main() -> None:
     ap.add_argument("--only", default="squad,hotpot,cranfield,ingest")
     ap.add_argument("--squad-n", type=int, default=0, help="questions (0: all 10,570)")
     ap.add_argument("--backends", default="", help="embed backends to compare (default: the default + torch)")
+    ap.add_argument("--query-backends", default="", help="squad: extra query encoders against the same chunks")
     ap.add_argument("--book", default="pg64317_the_great_gatsby.txt")
     ap.add_argument("--work", type=Path, default=WORK / "e2e")
     args = ap.parse_args()
@@ -214,7 +230,8 @@ def main() -> None:
     parts = args.only.split(",")
     common = {"hardware": hardware(), "default_embed_backend": default, "embedder": "all-MiniLM-L6-v2"}
     if "squad" in parts:
-        write_result("core_squad_retrieval", {**common, **squad_retrieval(args.squad_n, backends, args.work)})
+        write_result("core_squad_retrieval", {**common, **squad_retrieval(args.squad_n, backends, args.work,
+                                                                     [b for b in args.query_backends.split(",") if b])})
     if "hotpot" in parts:
         write_result("core_hotpot_retrieval", {**common, **beir_retrieval(
             "HotpotQA dev distractor, BEIR view (paragraph gold)", load_hotpot_beir(), backends[:1])})

@@ -254,7 +254,10 @@ def main() -> None:
     ap.add_argument("--overhead-n", type=int, default=20)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "load.json"))
+    ap.add_argument("--parts", default="overhead,batch,query,ingest",
+                    help="which measurements to run; the others keep their values from --out")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     levels = [int(x) for x in args.levels.split(",")]
     work = Path(tempfile.mkdtemp(prefix="longrag-load-"))
     decoder = args.decoder
@@ -262,6 +265,7 @@ def main() -> None:
         from longrag.models.tiny import build_tiny_decoder
 
         decoder = str(build_tiny_decoder(work / "tiny-llama"))
+    previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
     result: dict = {
         "hardware": f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), shared with other "
                     "jobs; loopback only",
@@ -278,37 +282,51 @@ def main() -> None:
             r.raise_for_status()
             wait_job(c, r.json()["job_id"])
             doc_id = r.json()["doc_id"]
-        print("queue overhead ...", flush=True)
-        result["queue_overhead"] = queue_overhead(cluster, doc_id, args.overhead_n, decoder)
-        print(result["queue_overhead"], flush=True)
-        print("batch with 1 worker ...", flush=True)
-        one = batch_run(cluster.url, args.batch, doc_id)
-        cluster.start_worker("qa")
-        print("batch with 2 workers ...", flush=True)
-        two = batch_run(cluster.url, args.batch, doc_id)
-        result["batch"] = {"one_worker": one, "two_workers": two,
-                           "speedup_2_vs_1": round(one["wall_s"] / two["wall_s"], 3)}
-        print(result["batch"], flush=True)
-        result["query_latency"] = []
-        for c_ in levels:
-            print(f"queries at {c_} clients ...", flush=True)
-            result["query_latency"].append(query_level(cluster.url, c_, args.queries, doc_id))
-            print(result["query_latency"][-1], flush=True)
-        cluster.stop_workers(keep=1)
-        result["ingest_throughput"] = []
-        all_docs = documents(len(levels) * args.uploads + 1, args.doc_bytes)[1:]
-        for i, c_ in enumerate(levels):
-            print(f"ingest at {c_} clients ...", flush=True)
-            docs = all_docs[i * args.uploads : (i + 1) * args.uploads]
-            result["ingest_throughput"].append(ingest_level(cluster.url, c_, docs))
-            print(result["ingest_throughput"][-1], flush=True)
+        if "overhead" in parts:
+            print("queue overhead ...", flush=True)
+            result["queue_overhead"] = queue_overhead(cluster, doc_id, args.overhead_n, decoder)
+            print(result["queue_overhead"], flush=True)
+        if "batch" in parts:
+            print("batch with 1 worker ...", flush=True)
+            one = batch_run(cluster.url, args.batch, doc_id)
+            cluster.start_worker("qa")
+            print("batch with 2 workers ...", flush=True)
+            two = batch_run(cluster.url, args.batch, doc_id)
+            result["batch"] = {"one_worker": one, "two_workers": two,
+                               "speedup_2_vs_1": round(one["wall_s"] / two["wall_s"], 3)}
+            print(result["batch"], flush=True)
+        if "query" in parts:
+            if len(cluster.workers) < 2:
+                cluster.start_worker("qa")
+            result["query_latency"] = []
+            for c_ in levels:
+                print(f"queries at {c_} clients ...", flush=True)
+                result["query_latency"].append(query_level(cluster.url, c_, args.queries, doc_id))
+                print(result["query_latency"][-1], flush=True)
+        if "ingest" in parts:
+            cluster.stop_workers(keep=1)
+            result["ingest_throughput"] = []
+            counts = [max(args.uploads, c_) for c_ in levels]  # every client has a document to send
+            all_docs = documents(sum(counts) + 1, args.doc_bytes)[1:]
+            for i, c_ in enumerate(levels):
+                print(f"ingest at {c_} clients ...", flush=True)
+                docs = all_docs[sum(counts[:i]) : sum(counts[: i + 1])]
+                result["ingest_throughput"].append(ingest_level(cluster.url, c_, docs))
+                print(result["ingest_throughput"][-1], flush=True)
+        for key in ("queue_overhead", "batch", "query_latency", "ingest_throughput"):
+            if key not in result and key in previous:
+                result[key] = previous[key]
         with httpx.Client(base_url=cluster.url, timeout=60) as c:
             health = c.get("/healthz").json()
         result["api_models_loaded"] = health["models_loaded"]
         result["failed_or_lost_total"] = sum(x["failed_or_lost"] for x in
-                                             result["query_latency"] + result["ingest_throughput"])
+                                             result.get("query_latency", []) + result.get("ingest_throughput", []))
+        result["parts_run_now"] = sorted(parts)
+        if previous.get("loadavg_start") and parts != {"overhead", "batch", "query", "ingest"}:
+            result["loadavg_previous_parts"] = [previous.get("loadavg_start"), previous.get("loadavg_end")]
         result["loadavg_end"] = os.getloadavg()
-        result["sizes"] = {"queries_per_level": args.queries, "uploads_per_level": args.uploads,
+        result["sizes"] = {"queries_per_level": args.queries, "uploads_per_level": "max(uploads, clients)",
+                           "uploads": args.uploads,
                            "doc_bytes": args.doc_bytes, "overhead_n": args.overhead_n, "batch": args.batch}
         result["workers"] = ("query latency: 2 workers (ingest,qa + qa; solo pool each); ingest throughput: 1 worker "
                              "(ingest,qa); batch: 1 then 2 workers")

@@ -328,6 +328,8 @@ def main() -> None:
                     help="torch threads (1: on the oversubscribed shared CPU, 2 threads thrash)")
     ap.add_argument("--time-budget", type=float, default=1500.0,
                     help="seconds; samples run in priority order until this is spent")
+    ap.add_argument("--seed", type=int, default=0, help="haystacks, needles, questions")
+    ap.add_argument("--no-reuse", action="store_true", help="skip the per-document cache sample")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="sentencekv")
     args = ap.parse_args()
@@ -339,12 +341,14 @@ def main() -> None:
     dec = load_decoder(MODEL, device="cpu")
     books = gutenberg_bodies()
     run = Runner(dec, args.budget, args.ratio, args.sink, args.recent)
-    rng = random.Random(0)
+    rng = random.Random(args.seed)
     acc = Acc()
     reuse: dict[str, Any] | None = None
     done: list[str] = []
     t_start = time.perf_counter()
     for task, length, depth in plan(args.lengths, args.quick):
+        if task == "reuse" and args.no_reuse:
+            continue
         if time.perf_counter() - t_start > args.time_budget:
             print(f"time budget spent; skipping the rest from {task}@{length}", flush=True)
             break
@@ -385,6 +389,7 @@ def main() -> None:
                    "max_sentence_tokens": run.cfg.max_sentence_tokens, "threads": args.threads,
                    "continuation_tokens": args.continuation, "time_budget_s": args.time_budget},
         "samples_run": done,
+        "seed": args.seed,
         "method_notes": {
             "full": "transformers DynamicCache, sdpa",
             "sentencekv": "r*tau retained at prefill, tau selected by sentence per head per step + sink + recent",

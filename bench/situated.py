@@ -11,8 +11,11 @@ Passage level (sanity): Cranfield (225 queries, 1,400 abstracts) and the HotpotQ
 (500 queries, 4,858 paragraphs): nDCG@10; a document scores as its best chunk
 (``sentence_chunks`` at 128 tokens, as the product ingests).
 
-Run: ``.venv/bin/python -m bench.situated`` (about 10-20 minutes on 2 shared CPU cores);
-writes ``bench/results/situated.json``.
+Run: ``.venv/bin/python -m bench.situated``; writes ``bench/results/situated.json``. It encodes
+about 16k units several times (one pass per encoding strategy, plus LangChain's chunks): plan
+on an hour or more on 2 CPU cores; ``--tasks``, ``--methods``, ``--no-langchain`` and
+``--cache DIR`` (reuse chunk-only and query vectors between runs) run parts of it, and a
+partial run updates those tasks in an existing result file.
 """
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ def search(
     k: Annotated[int, typer.Option("--k", help="Number of results.")] = 10,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     retriever: Annotated[Optional[str], typer.Option(
-        "--retriever", help="chunk | situated | bm25 | hybrid (default: LONGRAG_RETRIEVER, situated).")] = None,
+        "--retriever", help="chunk | situated | bm25 | hybrid (default: LONGRAG_RETRIEVER, hybrid).")] = None,
 ) -> None:
     """Search chunks; prints doc id, offsets, score and text."""
     from longrag.services.runtime import get_corpus
@@ -126,7 +126,7 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print tokens as they come (text output).")] = True,
     retriever: Annotated[Optional[str], typer.Option(
-        "--retriever", help="chunk | situated | bm25 | hybrid (default: LONGRAG_RETRIEVER, situated).")] = None,
+        "--retriever", help="chunk | situated | bm25 | hybrid (default: LONGRAG_RETRIEVER, hybrid).")] = None,
     kv: Annotated[Optional[str], typer.Option("--kv", help="KV cache of the full mode: full | sentencekv (default: by context length).")] = None,
 ) -> None:
     """Answer a question with evidence (doc id, char offsets, exact text) and timings."""
@@ -168,6 +168,10 @@ def prepare_models(
     for name in names or list(BUNDLED):
         try:
             location, _ = resolve(name)
+            if name in BUNDLED and BUNDLED[name].kind == "embedder":
+                from longrag.models.registry import load_embedder
+
+                load_embedder(name)  # exports the ONNX embedder once when that backend is chosen
         except LongragError as exc:
             _fail(exc)
         typer.echo(f"{name}: {location}")

@@ -24,7 +24,8 @@ class Settings(BaseSettings):
     decoder: str = "qwen2.5-coder-0.5b-instruct"
     embedder: str = "all-minilm-l6-v2"
     # How the embedder runs: torch (SentenceTransformer.encode) | onnx | onnx-int8 (onnxruntime,
-    # exported once into the model cache) | auto (onnx-int8 on CPU, torch on CUDA; bench/embed_speed.py).
+    # exported once into the model cache) | auto (= torch: bench/embed_speed.py measured no gain
+    # for the ONNX backends on this project's 2-core AVX2 CPU; see docs/results-core.md).
     embed_backend: str = "torch"
     device: str = "auto"  # auto | cpu | cuda
     torch_threads: int = 0  # 0: leave torch's default
@@ -36,7 +37,7 @@ class Settings(BaseSettings):
     top_k: int = 4  # chunks retrieved for the plain mode
 
     # Retrieval (docs/situated.md): default retriever and situated-embedding options
-    retriever: str = "situated"  # chunk | situated | bm25 | hybrid
+    retriever: str = "hybrid"  # chunk | situated | bm25 | hybrid (best measured: bench/situated.py)
     situated_strategy: str = "residual"  # residual | late | trained
     situated_context: str = "pool"  # residual context vector: pool (neighbours' vectors) | encode
     situated_window: int = 2  # neighbouring chunks on each side in the context window
@@ -55,6 +56,7 @@ class Settings(BaseSettings):
     sentencekv_sink: int = 32
     sentencekv_recent: int = 32
     sentencekv_max_sentence: int = 64  # longer sentences are cut into buckets of this many tokens
+    sentencekv_retention: str = "token"  # prefill retention: token (SnapKV, the paper) | sentence (whole sentences)
     sentencekv_min_context: int = 4096  # `full` mode uses SentenceKV above this many context tokens
     sentencekv_doc_cache: bool = True  # persist each document's compressed cache for later questions
     sentencekv_at_ingest: bool = False  # build that cache at ingestion (ingest hook) instead of 1st question

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +32,9 @@ from longrag.services.store import DocumentInfo, Store
 
 log = logging.getLogger(__name__)
 
+DOC_CACHE_DIRS = ("kvcache",)
+"""Folders under the data dir holding ``<name>/<doc_id>/`` caches, removed with the document."""
+
 Progress = Callable[[str, float], None]
 
 
@@ -49,6 +53,10 @@ VectorBuilder = Callable[[Embedder, ParsedUnits], np.ndarray]
 
 def chunk_vectors(embedder: Embedder, units: ParsedUnits) -> np.ndarray:
     return embedder.encode([units.text[c.start : c.end] for c in units.chunks])
+
+
+class _DefaultBuilders(dict):
+    """Marks the default ``vector_builders`` (replaced by chunk + situated in __post_init__)."""
 
 
 RETRIEVERS = ("chunk", "situated", "bm25", "hybrid")
@@ -76,7 +84,7 @@ class Corpus:
 
     settings: Settings = field(default_factory=get_settings)
     embedder_factory: Callable[[], Embedder] | None = None
-    vector_builders: dict[str, VectorBuilder] = field(default_factory=lambda: {"chunk": chunk_vectors})
+    vector_builders: dict[str, VectorBuilder] = field(default_factory=lambda: _DefaultBuilders(chunk=chunk_vectors))
     ingest_hooks: list[IngestHook] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -86,7 +94,7 @@ class Corpus:
         self._indexes: dict[str, tuple[int, VectorIndex]] = {}
         self._mutex = threading.RLock()
         self._lexical: tuple[int, object] | None = None  # (generation, BM25Index) for bm25/hybrid
-        if set(self.vector_builders) == {"chunk"} and self.vector_builders["chunk"] is chunk_vectors:
+        if type(self.vector_builders) is _DefaultBuilders:
             # Default: store situated vectors too (docs/situated.md); both kinds share one encoding.
             from longrag.retrieval.situated import SituatedVectorBuilder, config_from_settings
 
@@ -267,6 +275,8 @@ class Corpus:
                 self.store.bump_generation(conn)
             kinds = [k for k in self.vector_builders]
             self._apply_to_indexes(lambda index, kind: index.remove(np.asarray(chunk_ids, np.int64)), kinds)
+            for name in DOC_CACHE_DIRS:  # per-document file caches (SentenceKV state, ...)
+                shutil.rmtree(self.settings.data_dir / name / doc_id, ignore_errors=True)
         return info
 
     def check_docs(self, doc_ids: Sequence[str] | None) -> list[str] | None:

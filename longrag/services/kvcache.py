@@ -38,7 +38,7 @@ def skv_config(settings: Settings) -> skv.SentenceKVConfig:
     return skv.SentenceKVConfig(
         budget=settings.sentencekv_budget, retention_ratio=settings.sentencekv_ratio,
         sink=settings.sentencekv_sink, recent=settings.sentencekv_recent,
-        max_sentence_tokens=settings.sentencekv_max_sentence,
+        max_sentence_tokens=settings.sentencekv_max_sentence, retention=settings.sentencekv_retention,
     )
 
 

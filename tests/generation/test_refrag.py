@@ -110,6 +110,17 @@ def test_bundled_projector_fits_smollm2_and_qwen_falls_back_with_a_note():
     assert resolve_checkpoint(Settings(decoder="smollm2-135m-instruct"), 16).note is None
 
 
+def test_missing_projector_is_a_clear_error(tmp_path: Path):
+    from longrag.config import Settings
+    from longrag.errors import InvalidRequestError
+    from longrag.services.modes.refrag import resolve_checkpoint
+
+    with pytest.raises(rf.RefragCheckpointError, match="no REFRAG projector checkpoint"):
+        resolve_checkpoint(Settings(refrag_weights=tmp_path / "nope.pt"), 16)
+    with pytest.raises(InvalidRequestError, match="k=12"):
+        resolve_checkpoint(Settings(), 12)
+
+
 # -- generation through inputs_embeds with a KV cache ----------------------------------------------
 def test_cached_generation_equals_stepwise_recomputation(tiny):
     model, tok = tiny

@@ -212,7 +212,9 @@ def test_smollm2_finds_a_needle_with_a_small_budget(datasets: Path) -> None:
     needle = "The secret passcode for the vault is 73915. "
     context = hay[:cut] + needle + hay[cut:]
     ids = encode_chat(dec.tokenizer, answer_messages("What is the secret passcode for the vault?", context))
-    cfg = skv.SentenceKVConfig(budget=256, retention_ratio=2.0)
+    # whole-sentence retention: with the paper's per-head token retention this SmolLM2 run answers
+    # "7391" (one digit token of the needle was dropped at the prefill) - see docs/sentencekv.md
+    cfg = skv.SentenceKVConfig(budget=256, retention_ratio=2.0, retention="sentence")
     assert len(ids) > 4 * cfg.budget
     res, _ = skv.generate(dec.model, dec.tokenizer, ids, cfg, max_new_tokens=24)
     assert "73915" in res.text

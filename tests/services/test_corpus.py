@@ -109,3 +109,12 @@ def test_oversize_file_is_refused(monkeypatch, tmp_path):
     with pytest.raises(FileTooLargeError):
         corpus.ingest_path(p)
     assert corpus.list() == []
+
+
+def test_delete_removes_per_document_file_caches(corpus: Corpus):
+    doc = corpus.ingest_bytes(DOC_B.encode(), "b.txt")
+    cache_dir = get_settings().data_dir / "kvcache" / doc.doc_id
+    cache_dir.mkdir(parents=True)
+    (cache_dir / "state.safetensors").write_bytes(b"x")
+    corpus.delete(doc.doc_id)
+    assert not cache_dir.exists()

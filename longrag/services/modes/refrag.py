@@ -64,6 +64,8 @@ class Resolved:
 def resolve_checkpoint(settings: Settings, k: int) -> Resolved:
     """The projector for the configured decoder and ``k``; else one for ``k`` of another decoder."""
     if settings.refrag_weights is not None:
+        if not Path(settings.refrag_weights).is_file():
+            raise RefragCheckpointError(f"LONGRAG_REFRAG_WEIGHTS: no REFRAG projector checkpoint at {settings.refrag_weights}")
         cfg = checkpoint_config(settings.refrag_weights)
         if cfg.k != k:
             raise InvalidRequestError(f"LONGRAG_REFRAG_WEIGHTS was trained for k={cfg.k}, not k={k}")
@@ -158,10 +160,7 @@ def refrag_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -
         raise InvalidRequestError("refrag_p must be in [0, 1]")
     if policy not in ("query", "ppl", "none"):
         raise InvalidRequestError(f"unknown refrag_policy {policy!r}; choose query | ppl | none")
-    try:
-        rt, res = get_refrag(s, k)
-    except RefragCheckpointError as exc:
-        raise InvalidRequestError(str(exc)) from exc
+    rt, res = get_refrag(s, k)  # RefragCheckpointError (a LongragError) names the models on a mismatch
     if s.refrag_at_ingest:
         install(pipe.corpus)
     hits, r_ms = pipe.retrieve(q)
