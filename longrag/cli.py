@@ -120,7 +120,7 @@ def search(
 def ask(
     question: str,
     doc: Annotated[Optional[list[str]], typer.Option("--doc", help="Restrict to this document id (repeatable).")] = None,
-    mode: Annotated[str, typer.Option("--mode", help="plain | full (later: cfic, rapid, refrag).")] = "plain",
+    mode: Annotated[str, typer.Option("--mode", help="plain | full | cfic | rapid | refrag.")] = "plain",
     k: Annotated[Optional[int], typer.Option("--k", help="Passages to retrieve.")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,

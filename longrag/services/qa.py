@@ -82,29 +82,33 @@ def _norm_words(text: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(text)]
 
 
-def ground(answer: str, hits: Sequence[Hit], corpus: Corpus, *, limit: int = 3) -> list[Evidence]:
+def ground(
+    answer: str, hits: Sequence[Hit], corpus: Corpus, *, question: str = "", limit: int = 3
+) -> list[Evidence]:
     """Evidence for an answer: the sentences of the retrieved passages that contain it.
 
-    Falls back to the passages themselves (by retrieval rank) when no sentence contains the
-    answer words in order. Offsets always index the document's parsed text.
+    Sentences holding the answer words in order are ranked by how many of the question's words
+    they share (then by retrieval rank), so the sentence that states the answer in the
+    question's terms comes first. Falls back to the passages themselves (by retrieval rank)
+    when no sentence contains the answer. Offsets always index the document's parsed text.
     """
     words = _norm_words(answer)
-    found: list[Evidence] = []
+    asked = {w for w in _norm_words(question) if len(w) > 2}
+    scored: list[tuple[int, int, Evidence]] = []
     if words and answer.strip().lower() != "unknown":
-        needle = " ".join(words)
-        for hit in hits:
+        needle = f" {' '.join(words)} "
+        for rank, hit in enumerate(hits):
             text = corpus.text(hit.doc_id)
             for s in corpus.store.sentences(hit.doc_id):
                 if s.end <= hit.start or s.start >= hit.end:
                     continue
-                if needle in " ".join(_norm_words(text[s.start : s.end])):
+                sent_words = _norm_words(text[s.start : s.end])
+                if needle in f" {' '.join(sent_words)} ":
                     ev = Evidence(hit.doc_id, s.start, s.end, text[s.start : s.end])
-                    if ev not in found:
-                        found.append(ev)
-            if len(found) >= limit:
-                break
-    if found:
-        return found[:limit]
+                    if all(ev != e for _, _, e in scored):
+                        scored.append((-len(asked & set(sent_words)), rank, ev))
+    if scored:
+        return [ev for _, _, ev in sorted(scored, key=lambda t: (t[0], t[1]))[:limit]]
     return [Evidence(h.doc_id, h.start, h.end, h.text) for h in hits[:limit]]
 
 
@@ -181,7 +185,7 @@ def plain_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
     gen = pipe.answer_from_context(q, context_block([h.text for h in ordered]), on_token)
     return Answer(
         gen.text,
-        ground(gen.text, hits, pipe.corpus),
+        ground(gen.text, hits, pipe.corpus, question=q.text),
         _timings(r_ms, gen, t0),
         {"passages": len(hits), "prompt_tokens": gen.prompt_tokens, "generated_tokens": len(gen.token_ids)},
         "plain",
@@ -215,7 +219,7 @@ def full_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -> 
     doc_hits = [h for h in hits if h.doc_id == doc_id] or hits
     return Answer(
         gen.text,
-        ground(gen.text, doc_hits, pipe.corpus),
+        ground(gen.text, doc_hits, pipe.corpus, question=q.text),
         _timings(r_ms, gen, t0),
         {
             "doc_id": doc_id,

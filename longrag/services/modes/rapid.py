@@ -180,4 +180,4 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
         "generated_tokens": len(gen.token_ids),
         "kv": "full",
     }
-    return Answer(gen.text, ground(gen.text, evidence_hits, pipe.corpus), timings, stats, "rapid")
+    return Answer(gen.text, ground(gen.text, evidence_hits, pipe.corpus, question=q.text), timings, stats, "rapid")

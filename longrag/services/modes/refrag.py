@@ -206,4 +206,4 @@ def refrag_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -
         "total_ms": round((time.perf_counter() - t0) * 1000, 2),
         "tokens_per_s": round(gen.tokens_per_s, 2),
     }
-    return Answer(gen.text, ground(gen.text, doc_hits, pipe.corpus), timings, stats, "refrag")
+    return Answer(gen.text, ground(gen.text, doc_hits, pipe.corpus, question=q.text), timings, stats, "refrag")
