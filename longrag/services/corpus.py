@@ -363,6 +363,12 @@ class Corpus:
                 self._lexical = (gen, BM25Index(ids, texts))
             return self._lexical[1]
 
+    def as_retriever(self, *, k: int = 10, doc_ids: Sequence[str] | None = None, retriever: str | None = None):
+        """This corpus as a LangChain ``BaseRetriever``."""
+        from longrag.retrieval.langchain import LongragRetriever
+
+        return LongragRetriever(search=self.search, k=k, doc_ids=doc_ids, retriever=retriever)
+
     def hits(self, ids: Sequence[int], scores: Sequence[float]) -> list[Hit]:
         pairs = [(int(i), float(s)) for i, s in zip(ids, scores) if int(i) >= 0]
         rows = self.store.chunk_rows([i for i, _ in pairs])
