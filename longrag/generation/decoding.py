@@ -62,6 +62,52 @@ def stop_token_ids(tokenizer: Any) -> set[int]:
     return ids
 
 
+def decode_loop(
+    logits: torch.Tensor,
+    step: Callable[[torch.Tensor], torch.Tensor],
+    tokenizer: Any,
+    *,
+    prompt_tokens: int,
+    t0: float,
+    max_new_tokens: int = 48,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    on_token: TokenCallback | None = None,
+) -> GenerationResult:
+    """Pick tokens from ``logits`` until a stop token or ``max_new_tokens``, streaming text.
+
+    ``step(token)`` feeds one chosen token through whatever cache the caller holds and returns
+    the next logits, so every cache (plain, SentenceKV, embedding prompts) shares this loop.
+    ``t0`` is when the request started: TTFT runs from it to the first chosen token.
+    """
+    stops = stop_token_ids(tokenizer)
+    out: list[int] = []
+    ttft = 0.0
+    emitted = ""
+    for i in range(max_new_tokens):
+        token = pick(logits, temperature=temperature, generator=generator)
+        tid = int(token.item())
+        if i == 0:
+            ttft = (time.perf_counter() - t0) * 1000
+        if tid in stops:
+            break
+        out.append(tid)
+        if on_token is not None:
+            text = tokenizer.decode(out, skip_special_tokens=True)
+            if len(text) > len(emitted) and not text.endswith("\ufffd"):
+                on_token(text[len(emitted) :])
+                emitted = text
+        if i + 1 < max_new_tokens:
+            logits = step(token)
+    total = (time.perf_counter() - t0) * 1000
+    decode_ms = max(total - ttft, 1e-6)
+    text = tokenizer.decode(out, skip_special_tokens=True)
+    if on_token is not None and len(text) > len(emitted):
+        on_token(text[len(emitted) :])
+    tps = (len(out) - 1) / (decode_ms / 1000) if len(out) > 1 else 0.0
+    return GenerationResult(text.strip(), out, prompt_tokens, ttft, total, tps)
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -75,33 +121,12 @@ def generate(
     """Generate up to ``max_new_tokens`` after ``input_ids``; greedy when temperature is 0."""
     device = next(model.parameters()).device
     ids = torch.tensor([list(input_ids)], dtype=torch.long, device=device)
-    stops = stop_token_ids(tokenizer)
     generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
     cache = DynamicCache()
     t0 = time.perf_counter()
     logits = prefill(model, ids, cache)
-    out: list[int] = []
-    ttft = 0.0
-    emitted = ""
-    for step in range(max_new_tokens):
-        token = pick(logits, temperature=temperature, generator=generator)
-        tid = int(token.item())
-        if step == 0:
-            ttft = (time.perf_counter() - t0) * 1000
-        if tid in stops:
-            break
-        out.append(tid)
-        if on_token is not None:
-            text = tokenizer.decode(out, skip_special_tokens=True)
-            if len(text) > len(emitted) and not text.endswith("\ufffd"):
-                on_token(text[len(emitted) :])
-                emitted = text
-        if step + 1 < max_new_tokens:
-            logits = decode_one(model, token, cache)
-    total = (time.perf_counter() - t0) * 1000
-    decode_ms = max(total - ttft, 1e-6)
-    text = tokenizer.decode(out, skip_special_tokens=True)
-    if on_token is not None and len(text) > len(emitted):
-        on_token(text[len(emitted) :])
-    tps = (len(out) - 1) / (decode_ms / 1000) if len(out) > 1 else 0.0
-    return GenerationResult(text.strip(), out, ids.shape[1], ttft, total, tps)
+    return decode_loop(
+        logits, lambda token: decode_one(model, token, cache), tokenizer,
+        prompt_tokens=ids.shape[1], t0=t0, max_new_tokens=max_new_tokens,
+        temperature=temperature, generator=generator, on_token=on_token,
+    )

@@ -34,7 +34,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from longrag.errors import LongragError
-from longrag.generation.decoding import GenerationResult, TokenCallback, decode_one, pick, stop_token_ids
+from longrag.generation.decoding import GenerationResult, TokenCallback, decode_loop, decode_one
 
 log = logging.getLogger(__name__)
 
@@ -404,36 +404,15 @@ def generate_from_embeds(
     ``t0`` lets the caller start the TTFT clock earlier (e.g. before the projector ran).
     """
     device = embeds.device
-    stops = stop_token_ids(tokenizer)
     generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
     cache = DynamicCache()
     t0 = time.perf_counter() if t0 is None else t0
     logits = prefill_embeds(model, embeds, cache)
-    out: list[int] = []
-    ttft = 0.0
-    emitted = ""
-    for step in range(max_new_tokens):
-        token = pick(logits, temperature=temperature, generator=generator)
-        tid = int(token.item())
-        if step == 0:
-            ttft = (time.perf_counter() - t0) * 1000
-        if tid in stops:
-            break
-        out.append(tid)
-        if on_token is not None:
-            text = tokenizer.decode(out, skip_special_tokens=True)
-            if len(text) > len(emitted) and not text.endswith("\ufffd"):
-                on_token(text[len(emitted) :])
-                emitted = text
-        if step + 1 < max_new_tokens:
-            logits = decode_one(model, token, cache)
-    total = (time.perf_counter() - t0) * 1000
-    text = tokenizer.decode(out, skip_special_tokens=True)
-    if on_token is not None and len(text) > len(emitted):
-        on_token(text[len(emitted) :])
-    decode_ms = max(total - ttft, 1e-6)
-    tps = (len(out) - 1) / (decode_ms / 1000) if len(out) > 1 else 0.0
-    return GenerationResult(text.strip(), out, int(embeds.shape[1]), ttft, total, tps)
+    return decode_loop(
+        logits, lambda token: decode_one(model, token, cache), tokenizer,
+        prompt_tokens=int(embeds.shape[1]), t0=t0, max_new_tokens=max_new_tokens,
+        temperature=temperature, generator=generator, on_token=on_token,
+    )
 
 
 @torch.inference_mode()

@@ -803,39 +803,21 @@ def decode(model: Any, tokenizer: Any, cache: SentenceKVCache, logits: torch.Ten
            max_new_tokens: int = 48, on_token: Any = None, t0: float | None = None,
            prompt_tokens: int = 0, kv_peak: int = 0) -> SKVResult:
     """Greedy decoding from the logits of the last prompt position, re-selecting every step."""
-    from longrag.generation.decoding import stop_token_ids
+    from longrag.generation.decoding import decode_loop
 
     t0 = time.perf_counter() if t0 is None else t0
-    stops = stop_token_ids(tokenizer)
-    out: list[int] = []
-    ttft = 0.0
-    emitted = ""
-    t_first = t0
-    for step in range(max_new_tokens):
-        tid = int(logits.argmax(dim=-1).item())
-        if step == 0:
-            t_first = time.perf_counter()
-            ttft = (t_first - t0) * 1000
-        if tid in stops:
-            break
-        out.append(tid)
-        if on_token is not None:
-            text = tokenizer.decode(out, skip_special_tokens=True)
-            if len(text) > len(emitted) and not text.endswith("\ufffd"):
-                on_token(text[len(emitted):])
-                emitted = text
-        if step + 1 < max_new_tokens:
-            logits = append(model, cache, [tid], generated=True)
-            kv_peak = max(kv_peak, cache.kv_bytes())
-    t_end = time.perf_counter()
-    text = tokenizer.decode(out, skip_special_tokens=True)
-    if on_token is not None and len(text) > len(emitted):
-        on_token(text[len(emitted):])
-    n_dec = max(len(out) - 1, 0)
-    per_tok = (t_end - t_first) * 1000 / n_dec if n_dec else 0.0
-    tps = 1000 / per_tok if per_tok else 0.0
-    return SKVResult(text.strip(), out, prompt_tokens, ttft, (t_end - t0) * 1000, tps, per_tok,
-                     cache.kv_bytes(), max(kv_peak, cache.kv_bytes()), cache.full_kv_bytes(model.config),
+    peak = [kv_peak]
+
+    def step(token: torch.Tensor) -> torch.Tensor:
+        nxt = append(model, cache, [int(token.item())], generated=True)
+        peak[0] = max(peak[0], cache.kv_bytes())
+        return nxt
+
+    res = decode_loop(logits, step, tokenizer, prompt_tokens=prompt_tokens, t0=t0,
+                      max_new_tokens=max_new_tokens, on_token=on_token)
+    per_tok = 1000 / res.tokens_per_s if res.tokens_per_s else 0.0
+    return SKVResult(res.text, res.token_ids, prompt_tokens, res.ttft_ms, res.total_ms, res.tokens_per_s, per_tok,
+                     cache.kv_bytes(), max(peak[0], cache.kv_bytes()), cache.full_kv_bytes(model.config),
                      not cache.full)
 
 

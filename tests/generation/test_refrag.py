@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from longrag.generation import refrag as rf
+from longrag.generation.decoding import stop_token_ids
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def test_cached_generation_equals_stepwise_recomputation(tiny):
     # recompute from scratch at every step: no cache, whole sequence each time
     wte = model.get_input_embeddings()
     out: list[int] = []
-    stops = rf.stop_token_ids(tok)
+    stops = stop_token_ids(tok)
     with torch.no_grad():
         for _ in range(n):
             seq = torch.cat([x[0], wte(torch.tensor(out, dtype=torch.long))], 0)[None] if out else x
