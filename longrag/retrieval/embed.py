@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 ONNX_FILES = {"onnx": "model-opt.onnx", "onnx-int8": "model-opt-int8.onnx"}
-_EXPORT_VERSION = 1  # bump when the export recipe changes (invalidates caches)
+_EXPORT_VERSION = 2  # bump when the export recipe changes (invalidates caches)
 
 
 class Embedder:
@@ -40,10 +40,11 @@ class Embedder:
     Args:
         model: a ``SentenceTransformer`` or an :class:`OnnxSentenceEncoder` (from
             :func:`longrag.models.registry.load_embedder`).
-        batch_size: texts per forward pass.
+        batch_size: texts per forward pass (``None``: the model's own default, which for the
+            ONNX encoder is the measured best of ``bench/embed_speed.py``).
     """
 
-    def __init__(self, model: Any, *, batch_size: int = 64) -> None:
+    def __init__(self, model: Any, *, batch_size: int | None = None) -> None:
         self.model = model
         self.batch_size = batch_size
         self.dim = int(model.get_embedding_dimension())
@@ -52,9 +53,10 @@ class Embedder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not len(texts):
             return np.zeros((0, self.dim), dtype=np.float32)
+        kwargs = {} if self.batch_size is None else {"batch_size": self.batch_size}
         vecs = self.model.encode(
             list(texts),
-            batch_size=self.batch_size,
+            **kwargs,
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=False,
@@ -95,10 +97,24 @@ def _normalises(st_model: Any) -> bool:
 
 
 def _export_fp32(st_model: Any, path: Path) -> None:
-    """Export the transformer (token ids -> last hidden state) with dynamic batch and length."""
+    """Export the transformer (token ids -> last hidden state) with dynamic batch and length.
+
+    The graph is traced with eager attention: its MatMul/Softmax pattern is what onnxruntime's
+    optimiser fuses into one ``Attention`` op (the SDPA trace is left unfused, and then ONNX is
+    no faster than torch: ``bench/embed_speed.py``).
+    """
+    transformer = st_model[0].auto_model.eval()
+    previous = transformer.config._attn_implementation
+    transformer.set_attn_implementation("eager")
+    try:
+        _trace(st_model, transformer, path)
+    finally:
+        transformer.set_attn_implementation(previous)
+
+
+def _trace(st_model: Any, transformer: Any, path: Path) -> None:
     import torch
 
-    transformer = st_model[0].auto_model.eval()
     tokenizer = st_model.tokenizer
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
 
@@ -205,10 +221,11 @@ class OnnxSentenceEncoder:
         st_model: the ``SentenceTransformer`` (tokenizer, pooling, dimension come from it).
         onnx_path: an exported model from :func:`prepare_onnx`.
         threads: onnxruntime intra-op threads (0: one per core).
-        batch_size: default texts per run.
+        batch_size: default texts per run; small length-sorted batches were fastest on the
+            reference 2-core CPU (4: 1.6x plain encode; 32: 1.05x; ``bench/embed_speed.py``).
     """
 
-    def __init__(self, st_model: Any, onnx_path: Path, *, threads: int = 0, batch_size: int = 32) -> None:
+    def __init__(self, st_model: Any, onnx_path: Path, *, threads: int = 0, batch_size: int = 4) -> None:
         import onnxruntime as ort
 
         self._st = st_model

@@ -71,6 +71,16 @@ def test_tiny_export_matches_torch(tiny_st, tiny_onnx: Path):
     assert fast.get_embedding_dimension() == 32 and fast.max_seq_length == 64
 
 
+def test_export_fuses_attention(tiny_st, tiny_onnx: Path):
+    """The speed of the ONNX path comes from onnxruntime's fused attention: the export must
+    leave a graph the optimiser recognises, and the torch model keeps its own attention."""
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(tiny_onnx / ONNX_FILES["onnx"])).graph.node}
+    assert "Attention" in ops and "Softmax" not in ops, ops
+    assert tiny_st[0].auto_model.config._attn_implementation == "sdpa"  # restored after the trace
+
+
 def test_cache_validity(tiny_onnx: Path, tmp_path: Path):
     import shutil
 
