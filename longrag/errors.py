@@ -43,3 +43,24 @@ class InvalidRequestError(LongragError):
 class ModelIntegrityError(LongragError):
     code = "model_integrity"
     http_status = 500
+
+
+# -- service (REST API / workers) ---------------------------------------------------------------
+class ServiceTimeoutError(LongragError):
+    code = "timeout"
+    http_status = 504
+
+
+class NotReadyError(LongragError):
+    code = "not_ready"
+    http_status = 409
+
+
+class UnauthorizedError(LongragError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class WorkerError(LongragError):
+    code = "worker_error"
+    http_status = 500

@@ -38,7 +38,11 @@ from longrag.errors import (
     InvalidRequestError,
     LongragError,
     NotFoundError,
+    NotReadyError,
+    ServiceTimeoutError,
+    UnauthorizedError,
     UnsupportedFileTypeError,
+    WorkerError,
 )
 from longrag.retrieval.parse import detect_kind
 from longrag.services import jobs as J
@@ -46,26 +50,6 @@ from longrag.services import jobs as J
 log = logging.getLogger(__name__)
 
 MULTIPART_SLACK = 64 * 1024  # form boundaries and headers around an upload
-
-
-class ServiceTimeoutError(LongragError):
-    code = "timeout"
-    http_status = 504
-
-
-class NotReadyError(LongragError):
-    code = "not_ready"
-    http_status = 409
-
-
-class UnauthorizedError(LongragError):
-    code = "unauthorized"
-    http_status = 401
-
-
-class WorkerError(LongragError):
-    code = "worker_error"
-    http_status = 500
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from longrag.config import Settings, get_settings
 from longrag.errors import InvalidRequestError, LongragError, NotFoundError
+from longrag.services.store import open_db
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +136,8 @@ class JobStore:
     """Typed access to the ``jobs`` and ``batch_items`` tables (thread-safe, multi-process)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(SCHEMA)
+        self._conn = open_db(path, SCHEMA, foreign_keys=False)
         self._lock = threading.RLock()
 
     @contextmanager

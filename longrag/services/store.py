@@ -89,17 +89,25 @@ class ChunkRow:
 _DOC_COLS = "doc_id, title, filename, kind, n_bytes, n_chars, n_sentences, n_chunks, created_at"
 
 
+def open_db(path: Path, schema: str, *, foreign_keys: bool) -> sqlite3.Connection:
+    """A connection to the SQLite file at ``path`` shared by threads and processes: autocommit
+    (transactions are explicit), WAL so readers never block the writer, ``schema`` applied."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    if foreign_keys:
+        conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(schema)
+    return conn
+
+
 class Store:
     """Thin typed access to the SQLite database under the data directory."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(SCHEMA)
+        self._conn = open_db(path, SCHEMA, foreign_keys=True)
 
     def close(self) -> None:
         self._conn.close()

@@ -7,7 +7,6 @@ tiny random decoder (answer quality does not matter here, the contract does).
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,28 +17,16 @@ import httpx
 import pytest
 import uvicorn
 
+from http_helpers import DOC, free_port, sse_events, wait_job
+
 from longrag.config import Settings
 from longrag.services.api import create_app
 
-DOC = (
-    "The lighthouse at Cape Wrath was built in 1828 by Robert Stevenson. "
-    "Its keeper, Angus MacLeod, lived there with two assistants and a grey cat named Biscuit. "
-    "Supply boats came from Durness every second Thursday, weather permitting. "
-    "In the great storm of 1877 the lamp burned for nine days without rest. "
-    "The keepers kept a logbook of every passing ship, and the logbook survives in Edinburgh. "
-    "Today the light is automatic, and the cottages are empty except in summer."
-)
 OTHER = (
     "Beekeeping in the valley began with monks who kept straw skeps behind the abbey. "
     "Their honey was traded for salt and wool at the autumn fair. "
     "A good hive could give twenty pounds of honey in a warm year."
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -59,30 +46,6 @@ def serve(settings: Settings) -> Iterator[httpx.Client]:
     finally:
         server.should_exit = True
         thread.join(10)
-
-
-def wait_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["state"] in ("succeeded", "failed"):
-            return job
-        assert time.monotonic() < deadline, f"job {job_id} stuck: {job}"
-        time.sleep(0.05)
-
-
-def sse_events(response: httpx.Response) -> Iterator[tuple[str, dict, float]]:
-    """(event name, JSON data, arrival time) for each server-sent event of a streaming response."""
-    name, data = "message", []
-    for line in response.iter_lines():
-        if not line:
-            if data:
-                yield name, json.loads("\n".join(data)), time.time()
-            name, data = "message", []
-        elif line.startswith("event:"):
-            name = line.split(":", 1)[1].strip()
-        elif line.startswith("data:"):
-            data.append(line.split(":", 1)[1].strip())
 
 
 @pytest.fixture(scope="module")

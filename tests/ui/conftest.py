@@ -7,7 +7,6 @@ answers come fast; the embedder is the real MiniLM. One API serves the whole UI 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from http_helpers import free_port
 
 from longrag.ui.client import LongragClient
 
@@ -33,12 +33,6 @@ In the winter storm of 1893 the schooner Albatross struck the northern reef. Mar
 
 The board of lighthouses awarded her a silver medal for the rescue. She kept the medal in a tin box beside her logbook until she retired in 1911.
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:

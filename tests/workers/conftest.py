@@ -20,17 +20,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from http_helpers import free_port
 
 from longrag.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_CACHE = Path(os.environ.get("LONGRAG_TEST_MODEL_CACHE", REPO / ".cache" / "models"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def redis_server_binary() -> str | None:

@@ -17,40 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from http_helpers import DOC, sse_events, wait_job
+
 from longrag.services.jobs import JobStore
 
-DOC = (
-    "The lighthouse at Cape Wrath was built in 1828 by Robert Stevenson. "
-    "Its keeper, Angus MacLeod, lived there with two assistants and a grey cat named Biscuit. "
-    "Supply boats came from Durness every second Thursday, weather permitting. "
-    "In the great storm of 1877 the lamp burned for nine days without rest. "
-    "The keepers kept a logbook of every passing ship, and the logbook survives in Edinburgh. "
-    "Today the light is automatic, and the cottages are empty except in summer."
-)
 HOST = socket.gethostname()
-
-
-def wait_job(client: httpx.Client, job_id: str, timeout: float = 150) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["state"] in ("succeeded", "failed"):
-            return job
-        assert time.monotonic() < deadline, f"job {job_id} stuck: {job}"
-        time.sleep(0.05)
-
-
-def sse_events(response: httpx.Response):
-    name, data = "message", []
-    for line in response.iter_lines():
-        if not line:
-            if data:
-                yield name, json.loads("\n".join(data)), time.time()
-            name, data = "message", []
-        elif line.startswith("event:"):
-            name = line.split(":", 1)[1].strip()
-        elif line.startswith("data:"):
-            data.append(line.split(":", 1)[1].strip())
 
 
 @pytest.fixture(scope="module")
