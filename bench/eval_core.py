@@ -1,6 +1,6 @@
 """Core evaluation: retrieval quality on SQuAD / HotpotQA / Cranfield, ingestion throughput.
 
-    python -m bench.eval_core [--only squad,hotpot,cranfield,ingest] [--squad-n 0]
+    python -m bench.eval_core [--only squad,squad-product,hotpot,cranfield,ingest] [--squad-n 0]
 
 - ``squad``: SQuAD v1.1 dev, every article ingested as one document through the product's
   :class:`Corpus` (paragraphs joined with blank lines); a question is a hit at rank r when the
@@ -9,6 +9,9 @@
   torch backend, and bm25s over the same chunks. Queries are embedded and searched in batch
   with the corpus's own embedder and FAISS index (checked to equal ``Corpus.search`` on a
   sample of questions).
+- ``squad-product``: the same questions through ``Corpus.search`` with the product's own
+  retrievers (``--retrievers hybrid,situated``: the default hybrid and situated vectors), one
+  question at a time; rows added to the ``squad`` result.
 - ``hotpot`` (BEIR view: 4,858 paragraphs, 500 queries, 2 gold paragraphs each) and
   ``cranfield`` (1,400 abstracts, 225 queries, graded qrels, ordinal query ids): each
   paragraph/abstract is one passage ("title. text") embedded by the product's embedder into
@@ -150,6 +153,30 @@ def squad_retrieval(n: int, backends: list[str], work: Path, query_backends: lis
     }
 
 
+def squad_product_retrievers(n: int, retrievers: list[str], work: Path, backend: str) -> dict[str, dict]:
+    """The product's own retrievers through ``Corpus.search`` one question at a time (the path a
+    user's query takes), on the same corpus and questions as :func:`squad_retrieval`."""
+    articles, questions = load_squad()
+    if n and n < len(questions):
+        questions = random.Random(0).sample(questions, n)
+    corpus, doc_ids, _ = squad_corpus(articles, work / f"squad-{backend}")
+    doc_index = {d: i for i, d in enumerate(doc_ids)}
+    out = {}
+    for retriever in retrievers:
+        ranks, t0 = [], time.perf_counter()
+        for i, q in enumerate(questions):
+            hits = corpus.search(q.question, k=max(KS), retriever=retriever)
+            ranks.append(first_hit_rank([doc_index.get(h.doc_id) == q.article
+                                         and any(h.start <= s and e <= h.end for s, e in q.spans) for h in hits]))
+            if i % 1000 == 0:
+                log.info("squad %s: %d/%d", retriever, i, len(questions))
+        res = hit_metrics(ranks, KS)
+        res["ms_per_query"] = round((time.perf_counter() - t0) * 1000 / len(questions), 1)
+        out[f"longrag {retriever} (Corpus.search)"] = res
+        log.info("squad %s: %s", retriever, res)
+    return out
+
+
 # -- BEIR-style sets -----------------------------------------------------------------------------
 def _passage(title: str, text: str) -> str:
     return f"{title}. {text}" if title else text
@@ -221,6 +248,7 @@ def main() -> None:
     ap.add_argument("--squad-n", type=int, default=0, help="questions (0: all 10,570)")
     ap.add_argument("--backends", default="", help="embed backends to compare (default: the default + torch)")
     ap.add_argument("--query-backends", default="", help="squad: extra query encoders against the same chunks")
+    ap.add_argument("--retrievers", default="hybrid,situated", help="squad-product: Corpus.search retrievers")
     ap.add_argument("--book", default="pg64317_the_great_gatsby.txt")
     ap.add_argument("--work", type=Path, default=WORK / "e2e")
     args = ap.parse_args()
@@ -233,6 +261,18 @@ def main() -> None:
     if "squad" in parts:
         write_result("core_squad_retrieval", {**common, **squad_retrieval(args.squad_n, backends, args.work,
                                                                      [b for b in args.query_backends.split(",") if b])})
+    if "squad-product" in parts:  # adds rows to the SQuAD result written by the "squad" part
+        import json
+
+        from bench.common import RESULTS
+
+        _use_backend(backends[0])
+        prev = json.loads((RESULTS / "core_squad_retrieval.json").read_text())
+        prev["results"].update(squad_product_retrievers(args.squad_n, args.retrievers.split(","), args.work,
+                                                         backends[0]))
+        prev.pop("benchmark", None)
+        prev.pop("written_at", None)
+        write_result("core_squad_retrieval", prev)
     if "hotpot" in parts:
         write_result("core_hotpot_retrieval", {**common, **beir_retrieval(
             "HotpotQA dev distractor, BEIR view (paragraph gold)", load_hotpot_beir(), backends[:1])})
