@@ -331,7 +331,7 @@ class SituatedEmbedder:
         # 2. Encode the windows in length-sorted batches.
         states: list[np.ndarray | None] = [None] * len(windows)
         order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
-        bs = max(1, self.embedder.batch_size // max(1, max_tokens // 128))
+        bs = max(1, (self.embedder.batch_size or 32) // max(1, max_tokens // 128))
         device = next(transformer.parameters()).device
         with torch.inference_mode():
             for b in range(0, len(order), bs):
