@@ -3,7 +3,7 @@
 Both systems answer the same questions over the same 48 ingested articles (open retrieval over
 the whole corpus, top-4 passages) with the same decoder, prompt and greedy decoding:
 
-- ``longrag``: :class:`QAPipeline` in ``plain`` mode (sentence-aligned chunks, FAISS);
+- ``longrag``: :class:`QAPipeline` in ``plain`` mode with the default retriever (sentence-aligned chunks);
 - ``langchain``: ``RecursiveCharacterTextSplitter`` + the same MiniLM through LangChain's
   ``HuggingFaceEmbeddings`` + LangChain's ``FAISS`` store, passages in retrieval order;
 - ``bm25`` (optional, ``--systems``): bm25s over the longrag chunks, same prompt.
@@ -217,7 +217,7 @@ def run(n: int, systems: list[str], decoder_name: str | None, work: Path, summar
             "decoder": decoder_name, "prompt": "longrag.generation.prompts.answer_messages (same for all)",
             "decoding": f"greedy, max_new_tokens={settings.max_new_tokens}", "top_k": TOP_K,
             "retrieval_scope": f"all {len(articles)} articles (open retrieval over the corpus)",
-            "longrag": f"plain mode, sentence-aligned chunks (~{settings.chunk_tokens} word-pieces), MiniLM, FAISS flat IP",
+            "longrag": f"plain mode, {settings.retriever} retriever (the default: RRF of situated vectors and BM25), sentence-aligned chunks (~{settings.chunk_tokens} word-pieces), MiniLM, FAISS",
             "langchain": f"RecursiveCharacterTextSplitter(chunk_size={LC_CHUNK_CHARS}, chunk_overlap={LC_OVERLAP}) + "
                          "HuggingFaceEmbeddings(MiniLM) + langchain_community FAISS",
             "bm25": "bm25s (English stopwords) over longrag's chunks",
