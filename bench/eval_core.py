@@ -74,6 +74,18 @@ def _bm25(texts: list[str]):
 
 
 # -- SQuAD ------------------------------------------------------------------------------------
+def _holds_answer(q, doc: int | None, start: int, end: int) -> bool:
+    """A unit of article ``doc`` spanning [start, end) holds one of ``q``'s gold answer spans."""
+    return doc == q.article and any(start <= s and e <= end for s, e in q.spans)
+
+
+def _dense_ranks(corpus, doc_index: dict[str, int], questions, ids: np.ndarray) -> list[int | None]:
+    """First-hit rank of each question's row of chunk ids (from a batched index search)."""
+    rows = corpus.store.chunk_rows(np.unique(ids[ids >= 0]).tolist())
+    return [first_hit_rank([(r := rows.get(int(c))) is not None and _holds_answer(q, doc_index.get(r.doc_id), r.start, r.end)
+                            for c in row_ids]) for q, row_ids in zip(questions, ids)]
+
+
 def squad_retrieval(n: int, backends: list[str], work: Path, query_backends: list[str] = ()) -> dict:
     articles, questions = load_squad()
     if n and n < len(questions):
@@ -92,20 +104,12 @@ def squad_retrieval(n: int, backends: list[str], work: Path, query_backends: lis
         t0 = time.perf_counter()
         _, ids = corpus.index().search(qvecs, max(KS))
         search_s = time.perf_counter() - t0
-        rows = corpus.store.chunk_rows(np.unique(ids[ids >= 0]).tolist())
         for q, qv in list(zip(questions, qvecs))[:25]:  # batch path == the product's search
             want = [h.score for h in corpus.search(q.question, k=max(KS), retriever="chunk")]
             got = corpus.index().search(qv[None], max(KS))[0][0]
             # same hits up to float noise (a batch pads differently, so near-ties may swap)
             assert np.allclose(want, got, atol=1e-3), "batched search differs from Corpus.search"
-        ranks = []
-        for q, row_ids in zip(questions, ids):
-            hits = []
-            for cid in row_ids:
-                r = rows.get(int(cid))
-                hits.append(r is not None and doc_index.get(r.doc_id) == q.article
-                            and any(r.start <= s and e <= r.end for s, e in q.spans))
-            ranks.append(first_hit_rank(hits))
+        ranks = _dense_ranks(corpus, doc_index, questions, ids)
         results[f"longrag_dense[{backend}]"] = hit_metrics(ranks, KS)
         for qb in query_backends:  # other query encoders against the same chunk vectors
             from longrag.models.registry import load_embedder
@@ -113,12 +117,7 @@ def squad_retrieval(n: int, backends: list[str], work: Path, query_backends: lis
 
             qv2 = Embedder(load_embedder(backend=qb, device="cpu")).encode([q.question for q in questions])
             _, ids2 = corpus.index().search(qv2, max(KS))
-            rows2 = corpus.store.chunk_rows(np.unique(ids2[ids2 >= 0]).tolist())
-            ranks2 = []
-            for q, row_ids in zip(questions, ids2):
-                ranks2.append(first_hit_rank([
-                    (r := rows2.get(int(c))) is not None and doc_index.get(r.doc_id) == q.article
-                    and any(r.start <= s and e <= r.end for s, e in q.spans) for c in row_ids]))
+            ranks2 = _dense_ranks(corpus, doc_index, questions, ids2)
             results[f"longrag_dense[chunks {backend}, queries {qb}]"] = hit_metrics(ranks2, KS)
             cos = (qvecs * qv2).sum(axis=1)
             extra[f"query_cosine_{qb}_vs_{backend}"] = {"mean": round(float(cos.mean()), 5), "min": round(float(cos.min()), 5)}
@@ -137,7 +136,7 @@ def squad_retrieval(n: int, backends: list[str], work: Path, query_backends: lis
     ranks = []
     for q, row in zip(questions, top):
         ranks.append(first_hit_rank([
-            chunk_spans[i][0] == q.article and any(chunk_spans[i][1] <= s and e <= chunk_spans[i][2] for s, e in q.spans)
+            _holds_answer(q, *chunk_spans[i])
             for i in row
         ]))
     results["bm25s[same chunks]"] = hit_metrics(ranks, KS)
@@ -166,8 +165,7 @@ def squad_product_retrievers(n: int, retrievers: list[str], work: Path, backend:
         ranks, t0 = [], time.perf_counter()
         for i, q in enumerate(questions):
             hits = corpus.search(q.question, k=max(KS), retriever=retriever)
-            ranks.append(first_hit_rank([doc_index.get(h.doc_id) == q.article
-                                         and any(h.start <= s and e <= h.end for s, e in q.spans) for h in hits]))
+            ranks.append(first_hit_rank([_holds_answer(q, doc_index.get(h.doc_id), h.start, h.end) for h in hits]))
             if i % 1000 == 0:
                 log.info("squad %s: %d/%d", retriever, i, len(questions))
         res = hit_metrics(ranks, KS)

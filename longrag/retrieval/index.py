@@ -116,7 +116,7 @@ class VectorIndex:
         ids = np.full((len(queries), k), -1, dtype=np.int64)
         for row, (q, cand) in enumerate(zip(queries, candidates)):
             cand = cand[cand >= 0]
-            exact = np.stack([self._cpu.reconstruct(int(c)) for c in cand]) @ q
+            exact = self._cpu.reconstruct_batch(cand) @ q
             top = np.argsort(-exact, kind="stable")[:k]
             scores[row, : len(top)], ids[row, : len(top)] = exact[top], cand[top]
         return scores, ids
