@@ -69,6 +69,11 @@ def test_tiny_export_matches_torch(tiny_st, tiny_onnx: Path):
     assert _cos(int8.encode(SENTENCES), ref).min() > 0.95
     # attributes it does not define come from the wrapped model
     assert fast.get_embedding_dimension() == 32 and fast.max_seq_length == 64
+    # a text longer than the model's limit is truncated exactly as sentence-transformers does,
+    # and batching it with short texts (padding) changes nothing
+    mixed = [" ".join(SENTENCES * 6), "short", *SENTENCES]
+    np.testing.assert_allclose(fast.encode(mixed, batch_size=3, normalize_embeddings=True),
+                               tiny_st.encode(mixed, normalize_embeddings=True), atol=1e-4)
 
 
 def test_export_fuses_attention(tiny_st, tiny_onnx: Path):
