@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.sentencekv                      # ~25 min (--time-budget 1500 s)
     .venv/bin/python -m bench.sentencekv --quick --out sentencekv_quick   # smoke run, ~5 min
+    .venv/bin/python -m bench.sentencekv --needles 12 --lengths 8000 --threads 2 --out sentencekv_needles
 
 Model: SmolLM2-135M-Instruct (8K window) on CPU; Qwen2.5-0.5B at 8k prefill takes ~70 s on
 an idle machine here, far too slow for this many prompts on the shared CPU. Every prompt is
@@ -11,7 +12,8 @@ exactly the same prompt and prefix KV, and the timings are taken in the same min
 Samples run in priority order until the time budget is spent (the JSON lists those run):
 - needle in a Gutenberg haystack at several depths (our own needles: random 5-digit codes);
 - perplexity of a Gutenberg continuation (teacher forcing);
-- SQuAD v1.1 questions whose paragraph sits among distractor paragraphs of other articles
+- SQuAD v1.1 questions whose paragraph sits among distractor paragraphs of other articles,
+  and L-Eval natural_question documents cut to the window around the answer (``--leval``)
   (correct = a normalized gold answer appears in the output);
 - per-token decode latency (every decode forward) and SentenceKV's overhead breakdown;
 - the per-document cache: time to first token of a 2nd question vs the 1st.
@@ -229,17 +231,36 @@ def squad_sample(run: Runner, acc: Acc, length: int, rng: random.Random) -> None
         distract.append(p)
         room -= need
     distract.insert(rng.randrange(len(distract) + 1), gold)
-    ids = encode_chat(tok, answer_messages(q.question, "\n\n".join(distract)))
+    qa_sample(run, acc, "squad", length, q.question, "\n\n".join(distract), q.answers)
+
+
+def qa_sample(run: Runner, acc: Acc, task: str, length: int, question: str, context: str,
+              answers: list[str]) -> None:
+    """One question over ``context``, every method; correct = a normalized gold answer appears."""
+    from longrag.generation.prompts import answer_messages, encode_chat
+
+    ids = encode_chat(run.dec.tokenizer, answer_messages(question, context))
     prefix, _ = run.shared_prefix(ids)
-    golds = [normalize_answer(a) for a in q.answers]
+    golds = [normalize_answer(a) for a in answers]
     line = []
     for m in METHODS:
         cache, logits = run.finish(m, prefix, ids)
         text, _ = run.greedy(m, cache, logits, 16)
         ok = int(any(g and g in normalize_answer(text) for g in golds))
-        acc.add("squad", length, m, correct=ok)
+        acc.add(task, length, m, correct=ok, prompt_tokens=len(ids))
         line.append(f"{m}={ok}")
-    print(f"  squad {length} ({q.question[:40]!r}): " + " ".join(line), flush=True)
+    print(f"  {task} {length} ({question[:40]!r}, {len(ids)} tokens): " + " ".join(line), flush=True)
+
+
+def leval_sample(run: Runner, acc: Acc, length: int, rng: random.Random) -> None:
+    """An L-Eval natural_question item: a window of the document around its verbatim answer,
+    truncated to the context length (the window placement is random: bench.rapid's items)."""
+    from bench.rapid import leval_items
+    from longrag.generation.prompts import answer_messages, encode_chat
+
+    overhead = len(encode_chat(run.dec.tokenizer, answer_messages("x" * 80, ""))) + 24
+    item = leval_items(run.dec.tokenizer, length - overhead, 1, rng.randrange(10**6))[0]
+    qa_sample(run, acc, "leval_nq", length, item.question, item.context, item.answers)
 
 
 def reuse_task(dec: Any, books, length: int, budget: int) -> dict[str, Any]:
@@ -316,6 +337,32 @@ def plan(lengths: list[int], quick: bool) -> list[tuple[str, int, float]]:
     return order
 
 
+def goals_at(per_length: dict[str, Any], length: int, reuse: dict[str, Any] | None) -> dict[str, Any]:
+    """The issue's goals at ``length``, for the paper's SentenceKV and the product's default
+    (whole-sentence retention, ``sentencekv_sentret``)."""
+    top = per_length.get(str(length), {})
+
+    def get(task: str, m: str, key: str):
+        return top.get(task, {}).get(m, {}).get(key)
+
+    def ratio(a, b):
+        return round(a / b, 3) if a and b else None
+
+    out: dict[str, Any] = {
+        "context": length,
+        "needle_accuracy": {m: get("needle", m, "accuracy") for m in METHODS},
+        "needle_n": get("needle", "full", "n"),
+        "reuse_ttft_ratio": reuse["ratio_second_over_first"] if reuse else None,
+    }
+    for m in ("sentencekv", "sentencekv_sentret"):
+        out[m] = {
+            "kv_ratio_held_over_full": ratio(get("needle", m, "kv_bytes_held"), get("needle", "full", "kv_bytes_held")),
+            "decode_speedup_vs_full": ratio(get("needle", "full", "decode_ms_per_token_median"),
+                                            get("needle", m, "decode_ms_per_token_median")),
+        }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8000])
@@ -331,6 +378,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="haystacks, needles, questions")
     ap.add_argument("--no-reuse", action="store_true", help="skip the per-document cache sample")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--needles", type=int, default=0,
+                    help="a focused run: N needles at the largest length, depths spread evenly over 0.05-0.95")
+    ap.add_argument("--ppl", type=int, default=0, help="with --needles: also N perplexity samples at the largest length")
+    ap.add_argument("--squad", type=int, default=0, help="with --needles: also N SQuAD-with-distractors questions")
+    ap.add_argument("--leval", type=int, default=0, help="with --needles: also N L-Eval natural_question items")
     ap.add_argument("--out", default="sentencekv")
     args = ap.parse_args()
     if args.quick:
@@ -346,7 +398,12 @@ def main() -> None:
     reuse: dict[str, Any] | None = None
     done: list[str] = []
     t_start = time.perf_counter()
-    for task, length, depth in plan(args.lengths, args.quick):
+    samples = plan(args.lengths, args.quick)
+    if args.needles or args.ppl or args.squad or args.leval:  # a focused run at the largest length
+        top = max(args.lengths)
+        samples = [("needle", top, round(0.05 + 0.9 * i / max(args.needles - 1, 1), 3)) for i in range(args.needles)]
+        samples += [("ppl", top, 0)] * args.ppl + [("squad", top, 0)] * args.squad + [("leval", top, 0)] * args.leval
+    for task, length, depth in samples:
         if task == "reuse" and args.no_reuse:
             continue
         if time.perf_counter() - t_start > args.time_budget:
@@ -359,6 +416,8 @@ def main() -> None:
             ppl_sample(run, acc, books, length, args.continuation, rng)
         elif task == "squad":
             squad_sample(run, acc, length, rng)
+        elif task == "leval":
+            leval_sample(run, acc, length, rng)
         else:
             print(f"  per-document cache reuse at {length}", flush=True)
             reuse = reuse_task(dec, books, length, args.budget)
@@ -366,22 +425,7 @@ def main() -> None:
         done.append(f"{task}@{length}" + (f":{depth}" if task == "needle" else "") +
                     f" ({time.perf_counter() - t0:.0f}s)")
     per_length = summarize(acc)
-    top = per_length.get(str(max(args.lengths)), {})
-
-    def get(task: str, m: str, key: str):
-        return top.get(task, {}).get(m, {}).get(key)
-
-    lat_full = get("needle", "full", "decode_ms_per_token_median")
-    lat_skv = get("needle", "sentencekv", "decode_ms_per_token_median")
-    kv_full, kv_skv = get("needle", "full", "kv_bytes_held"), get("needle", "sentencekv", "kv_bytes_held")
-    goals = {
-        "context": max(args.lengths),
-        "needle_accuracy": {m: get("needle", m, "accuracy") for m in METHODS},
-        "needle_n": get("needle", "full", "n"),
-        "kv_ratio_held_over_full": round(kv_skv / kv_full, 3) if kv_full and kv_skv else None,
-        "decode_speedup_vs_full": round(lat_full / lat_skv, 3) if lat_full and lat_skv else None,
-        "reuse_ttft_ratio": reuse["ratio_second_over_first"] if reuse else None,
-    }
+    goals = goals_at(per_length, max(args.lengths), reuse)
     write_result(args.out, {
         "model": MODEL, "device": "cpu", "hardware": hardware(),
         "params": {"budget_tau": args.budget, "retention_ratio_r": args.ratio, "sink": args.sink,

@@ -155,6 +155,7 @@ def main() -> None:
             if step % 5 == 0:
                 print(rec, flush=True)
     model.save_pretrained(out)
+    (out / "README.md").unlink(missing_ok=True)  # peft's empty model-card template; the log says what this is
     summary = {"done": True, "steps": step, "examples_seen": seen, "final_ema_loss": running,
                "elapsed_s": round(time.perf_counter() - t0, 1)}
     log_f.write(json.dumps(summary) + "\n")
