@@ -281,7 +281,8 @@ def reuse_task(dec: Any, books, length: int, budget: int) -> dict[str, Any]:
     first, later = q1.result.ttft_ms, q2.result.ttft_ms
     return {"document_tokens": q1.result.prompt_tokens, "ttft_first_ms": round(first, 1),
             "ttft_second_ms": round(later, 1), "ratio_second_over_first": round(later / first, 3),
-            "reused": [q1.reused, q2.reused], "answers": [q1.result.text, q2.result.text], "stored_bytes": size, "book": name}
+            "reused": [q1.reused, q2.reused], "answers": [q1.result.text, q2.result.text], "stored_bytes": size, "book": name,
+            "retention": settings.sentencekv_retention}
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -377,6 +378,7 @@ def main() -> None:
                     help="seconds; samples run in priority order until this is spent")
     ap.add_argument("--seed", type=int, default=0, help="haystacks, needles, questions")
     ap.add_argument("--no-reuse", action="store_true", help="skip the per-document cache sample")
+    ap.add_argument("--reuse", action="store_true", help="a focused run: the per-document cache sample only (plus any of --needles/--ppl/--squad/--leval)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--needles", type=int, default=0,
                     help="a focused run: N needles at the largest length, depths spread evenly over 0.05-0.95")
@@ -399,10 +401,11 @@ def main() -> None:
     done: list[str] = []
     t_start = time.perf_counter()
     samples = plan(args.lengths, args.quick)
-    if args.needles or args.ppl or args.squad or args.leval:  # a focused run at the largest length
+    if args.needles or args.ppl or args.squad or args.leval or args.reuse:  # a focused run at the largest length
         top = max(args.lengths)
         samples = [("needle", top, round(0.05 + 0.9 * i / max(args.needles - 1, 1), 3)) for i in range(args.needles)]
         samples += [("ppl", top, 0)] * args.ppl + [("squad", top, 0)] * args.squad + [("leval", top, 0)] * args.leval
+        samples += [("reuse", top, 0)] if args.reuse else []
     for task, length, depth in samples:
         if task == "reuse" and args.no_reuse:
             continue
