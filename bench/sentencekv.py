@@ -378,13 +378,13 @@ def main() -> None:
                     help="seconds; samples run in priority order until this is spent")
     ap.add_argument("--seed", type=int, default=0, help="haystacks, needles, questions")
     ap.add_argument("--no-reuse", action="store_true", help="skip the per-document cache sample")
-    ap.add_argument("--reuse", action="store_true", help="a focused run: the per-document cache sample only (plus any of --needles/--ppl/--squad/--leval)")
+    ap.add_argument("--reuse", action="store_true", help="a focused run: the per-document cache sample at the largest length")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--needles", type=int, default=0,
                     help="a focused run: N needles at the largest length, depths spread evenly over 0.05-0.95")
-    ap.add_argument("--ppl", type=int, default=0, help="with --needles: also N perplexity samples at the largest length")
-    ap.add_argument("--squad", type=int, default=0, help="with --needles: also N SQuAD-with-distractors questions")
-    ap.add_argument("--leval", type=int, default=0, help="with --needles: also N L-Eval natural_question items")
+    ap.add_argument("--ppl", type=int, default=0, help="a focused run: N perplexity samples at the largest length")
+    ap.add_argument("--squad", type=int, default=0, help="a focused run: N SQuAD-with-distractors questions at the largest length")
+    ap.add_argument("--leval", type=int, default=0, help="a focused run: N L-Eval natural_question items at the largest length")
     ap.add_argument("--out", default="sentencekv")
     args = ap.parse_args()
     if args.quick:

@@ -212,11 +212,10 @@ def prepare_onnx(st_model: Any, cache_dir: Path, *, source_id: str) -> Path:
 class OnnxSentenceEncoder:
     """A ``SentenceTransformer`` whose forward pass runs in onnxruntime.
 
-    ``encode`` tokenizes all texts once, sorts them by token count and pads each batch only to its
-    longest member, pools
-    like the wrapped model (mean or CLS) and normalises when the model does. Every other
-    attribute (``tokenizer``, ``max_seq_length``, ``get_embedding_dimension``...) is the wrapped
-    model's.
+    ``encode`` tokenizes all texts once, sorts them by token count and pads each batch only to
+    its longest member (with the tokenizer's own ``pad``), pools like the wrapped model (mean or
+    CLS) and normalises when the model does. Every other attribute (``tokenizer``,
+    ``max_seq_length``, ``get_embedding_dimension``...) is the wrapped model's.
 
     Args:
         st_model: the ``SentenceTransformer`` (tokenizer, pooling, dimension come from it).
@@ -254,21 +253,13 @@ class OnnxSentenceEncoder:
 
     def _forward(self, enc: dict[str, list[list[int]]], idx: Sequence[int]) -> np.ndarray:
         """Pooled hidden states of the texts ``idx`` of ``enc``, padded to their longest member."""
-        rows = [enc["input_ids"][i] for i in idx]
-        width = max(len(r) for r in rows)
-        ids = np.full((len(rows), width), int(self._st.tokenizer.pad_token_id or 0), dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for row, r in enumerate(rows):
-            ids[row, : len(r)] = r
-            mask[row, : len(r)] = 1
-        # one segment per text: token types are all 0
-        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        feeds = {n: arrays[n] for n in self.input_names}
+        batch = self._st.tokenizer.pad({k: [v[i] for i in idx] for k, v in enc.items()}, return_tensors="np")
+        feeds = {n: batch[n].astype(np.int64) for n in self.input_names}
         hidden = self.session.run(None, feeds)[0]
         if self.pooling == "cls":
             return hidden[:, 0]
-        m = mask.astype(np.float32)[..., None]
-        return (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
+        mask = batch["attention_mask"].astype(np.float32)[..., None]
+        return (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
 
     def encode(
         self,
