@@ -346,6 +346,7 @@ def default_methods() -> dict[str, SituatedConfig]:
         "residual_encode": replace(base, strategy="residual", context="encode"),
         "late_256": replace(base, strategy="late", late_max_tokens=256),
         "late_512": replace(base, strategy="late", late_max_tokens=512),
+        "late_256+title": replace(base, strategy="late", late_max_tokens=256, use_title=True),
         "trained": replace(base, strategy="trained"),
     }
 

@@ -65,9 +65,10 @@ def build_examples(path: Path, *, window: int, negatives: float, seed: int, max_
 
 
 def encode(tokenizer, ex: dict, stop_id: int, max_tokens: int) -> tuple[list[int], list[int]] | None:
-    from longrag.retrieval.cfic import prompt_text
+    from longrag.retrieval.cfic import split_prompt
 
-    prompt = tokenizer(prompt_text(tokenizer, ex["document"], ex["question"]), add_special_tokens=False)["input_ids"]
+    head, tail = split_prompt(tokenizer, ex["document"], ex["question"])  # tokenized as the extractor does
+    prompt = head + tail
     target = tokenizer(ex["evidence"], add_special_tokens=False)["input_ids"] if ex["evidence"] else []
     target = target + [stop_id]
     ids = prompt + target

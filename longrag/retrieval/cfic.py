@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import copy
 import difflib
+import hashlib
 import logging
+import threading
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -207,6 +210,72 @@ def prompt_text(tokenizer: Any, document: str, question: str) -> str:
     return "\n\n".join(m["content"] for m in messages) + "\n"
 
 
+def split_prompt(tokenizer: Any, document: str, question: str) -> tuple[list[int], list[int]]:
+    """Token ids of the prompt, cut where the document ends.
+
+    The head (instructions + document) does not depend on the question, so its KV cache can be
+    reused by every question on the same document; the two halves are always tokenized
+    separately so a cached head and a fresh one give the same ids.
+    """
+    prompt = prompt_text(tokenizer, document, question)
+    marker = "Document:\n" + document
+    cut = prompt.find(marker)
+    cut = cut + len(marker) if cut >= 0 else 0
+    enc = tokenizer([prompt[:cut], prompt[cut:]], add_special_tokens=False)["input_ids"]
+    return list(enc[0]), list(enc[1])
+
+
+def cache_bytes(cache: DynamicCache) -> int:
+    """Bytes held by a KV cache's key and value tensors."""
+    return sum(t.numel() * t.element_size() for layer in cache.layers
+               for t in (layer.keys, layer.values) if t is not None)
+
+
+class PrefixKVCache:
+    """LRU of prompt-head KV caches, bounded by bytes (one per document view, per extractor).
+
+    A service asks many questions about one document: the head of CFIC's prompt (instructions +
+    document) is then prefilled once and every later question only prefills its own tail.
+    ``get`` returns a private copy, so concurrent questions never share a mutable cache.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max(0, int(max_bytes))
+        self._items: OrderedDict[str, tuple[DynamicCache, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.used = 0
+
+    @staticmethod
+    def key(ids: Sequence[int]) -> str:
+        return hashlib.sha1(",".join(map(str, ids)).encode()).hexdigest()
+
+    def get(self, ids: Sequence[int]) -> DynamicCache | None:
+        k = self.key(ids)
+        with self._lock:
+            item = self._items.get(k)
+            if item is None:
+                return None
+            self._items.move_to_end(k)
+            return copy.deepcopy(item[0])
+
+    def put(self, ids: Sequence[int], cache: DynamicCache) -> None:
+        size = cache_bytes(cache)
+        if size > self.max_bytes:
+            return
+        k = self.key(ids)
+        stored = copy.deepcopy(cache)
+        with self._lock:
+            if k in self._items:
+                self.used -= self._items.pop(k)[1]
+            self._items[k] = (stored, size)
+            self.used += size
+            while self.used > self.max_bytes and self._items:
+                self.used -= self._items.popitem(last=False)[1][1]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 def select_regions(
     lengths: Sequence[int], anchors: Sequence[int], *, budget: int, regions: int
 ) -> list[tuple[int, int]]:
@@ -282,6 +351,7 @@ class Prefilled:
     prefill_ms: float
     question: str = ""
     anchor_order: list[int] = field(default_factory=list)  # visible indices, retriever's rank
+    head_cached: bool = False  # the instructions + document KV came from the prefix cache
 
     def sentence_text(self, i: int) -> str:
         s = self.sentences[i]
@@ -299,11 +369,15 @@ class CficExtractor:
         tokenizer: its tokenizer.
         context_window: the model's window in tokens.
         options: default :class:`CficOptions`.
+        prefix_cache_mb: memory for the KV caches of recently read documents (the prompt head:
+            instructions + document), reused by later questions on the same document view; 0
+            turns reuse off.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, context_window: int = 4096,
-                 options: CficOptions | None = None) -> None:
+                 options: CficOptions | None = None, prefix_cache_mb: float = 1024) -> None:
         self.model = model
+        self.prefix_cache = PrefixKVCache(int(prefix_cache_mb * 2**20))
         self.tokenizer = tokenizer
         self.context_window = context_window
         self.options = options or CficOptions()
@@ -361,19 +435,31 @@ class CficExtractor:
         document = REGION_SEPARATOR.join(parts)
         variants = sentence_variants(self.tokenizer, [text[s.start : s.end] for s in visible])
         trie = SentenceTrie(variants)
-        ids = self.tokenizer(prompt_text(self.tokenizer, document, question), add_special_tokens=False)["input_ids"]
+        head, tail = split_prompt(self.tokenizer, document, question)
         t0 = time.perf_counter()
-        cache = DynamicCache()
-        logits = None
-        x = torch.tensor([ids], dtype=torch.long, device=self.device)
-        for start in range(0, x.shape[1], 2048):
-            out = self.model(input_ids=x[:, start : start + 2048], cache=cache, use_cache=True, logits_to_keep=1)
-            logits = out.logits[0, -1, :].float()
-        assert logits is not None
+        cache = self.prefix_cache.get(head) if self.prefix_cache.max_bytes else None
+        cached = cache is not None
+        if cache is None:
+            cache = DynamicCache()
+            self._feed(head, cache)
+            if self.prefix_cache.max_bytes:
+                self.prefix_cache.put(head, cache)
+        logits = self._feed(tail, cache)
         pos = {s.index: i for i, s in enumerate(visible)}
         order = [pos[a] for a in anchors if a in pos] if anchors is not None else []
-        return Prefilled(text, visible, regions, region_of, cache, len(ids), logits, trie, variants,
-                         (time.perf_counter() - t0) * 1000, question, order)
+        return Prefilled(text, visible, regions, region_of, cache, len(head) + len(tail), logits, trie, variants,
+                         (time.perf_counter() - t0) * 1000, question, order, head_cached=cached)
+
+    def _feed(self, ids: Sequence[int], cache: DynamicCache, chunk: int = 2048) -> torch.Tensor:
+        """Prefill ``ids`` into ``cache`` in chunks; next-token logits after the last one."""
+        x = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        logits = None
+        for start in range(0, x.shape[1], chunk):
+            out = self.model(input_ids=x[:, start : start + chunk], cache=cache, use_cache=True, logits_to_keep=1)
+            logits = out.logits[0, -1, :].float()
+        if logits is None:
+            raise ValueError("empty prompt")
+        return logits
 
     # -- low-level model calls -------------------------------------------------------------------
     def _branch_cache(self, pre: Prefilled, batch: int) -> DynamicCache:
@@ -649,6 +735,7 @@ class CficExtractor:
         opt = options or self.options
         pre = self.prepare(text, sentences, question, anchors=anchors, options=opt)
         res = self.extract(pre, opt)
+        res.stats["head_cached"] = pre.head_cached
         res.timings["total_ms"] = round(res.timings.get("extract_ms", 0.0) + pre.prefill_ms, 2)
         return res
 
@@ -714,7 +801,8 @@ def fuzzy_sentence(guess: str, sentences: Sequence[str], *, prefix: bool = False
     return best
 
 
-def load_adapter_extractor(decoder: Any, adapter_dir: str, *, options: CficOptions | None = None) -> CficExtractor:
+def load_adapter_extractor(decoder: Any, adapter_dir: str, *, options: CficOptions | None = None,
+                           prefix_cache_mb: float = 1024) -> CficExtractor:
     """A :class:`CficExtractor` over a copy of a registry decoder with a LoRA adapter merged in.
 
     The registry's shared model is left untouched (other modes keep using it).
@@ -723,12 +811,14 @@ def load_adapter_extractor(decoder: Any, adapter_dir: str, *, options: CficOptio
         decoder: a :class:`longrag.models.registry.Decoder`.
         adapter_dir: a PEFT LoRA adapter folder (``bench/train_cfic.py`` writes one).
         options: default options of the extractor.
+        prefix_cache_mb: see :class:`CficExtractor`.
     """
     from peft import PeftModel
 
     base = copy.deepcopy(decoder.model)
     model = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().eval()
-    return CficExtractor(model, decoder.tokenizer, context_window=decoder.context_window, options=options)
+    return CficExtractor(model, decoder.tokenizer, context_window=decoder.context_window, options=options,
+                         prefix_cache_mb=prefix_cache_mb)
 
 
 def with_options(opt: CficOptions, **changes: Any) -> CficOptions:

@@ -9,6 +9,7 @@ from longrag.retrieval.cfic import (
     CficExtractor,
     CficOptions,
     EvidenceSpan,
+    PrefixKVCache,
     SentenceTrie,
     merge_spans,
     select_regions,
@@ -134,6 +135,48 @@ def test_merge_spans_joins_overlaps_keeps_rank():
     assert (merged[0].start, merged[0].end) == (0, len(text)) and merged[0].text == text
     apart = merge_spans([sp(3, 3, -1.0), sp(0, 0, -2.0)], text)
     assert [m.first_sentence for m in apart] == [3, 0]  # rank order kept, no merge
+
+
+def test_second_question_reuses_the_document_kv(tiny):
+    """The instructions + document are prefilled once; a later question gives the same result."""
+    model, tok = tiny
+    sents = split_sentences(DOC)
+    cold = CficExtractor(model, tok, prefix_cache_mb=0)
+    warm = CficExtractor(model, tok)
+    opt = CficOptions(no_evidence_threshold=None)
+    first = warm(DOC, sents, "Who spent eleven years there?", options=opt)
+    assert first.stats["head_cached"] is False and len(warm.prefix_cache) == 1
+    for q in ("What is the capital of France?", "Who spent eleven years there?"):
+        again = warm(DOC, sents, q, options=opt)
+        fresh = cold(DOC, sents, q, options=opt)
+        assert again.stats["head_cached"] is True and fresh.stats["head_cached"] is False
+        assert [(s.start, s.end) for s in again.spans] == [(s.start, s.end) for s in fresh.spans]
+        assert again.prompt_tokens == fresh.prompt_tokens
+        assert again.p_end_at_start == pytest.approx(fresh.p_end_at_start, rel=1e-4, abs=1e-7)
+        _check_spans(DOC, sents, again.spans)
+    other = warm(DOC.replace("Paris", "Lyon"), split_sentences(DOC.replace("Paris", "Lyon")), "Capital?", options=opt)
+    assert other.stats["head_cached"] is False and len(warm.prefix_cache) == 2
+
+
+def test_prefix_cache_is_bounded_and_returns_private_copies():
+    from transformers import DynamicCache
+
+    def kv(n: int) -> DynamicCache:
+        c = DynamicCache()
+        c.update(torch.ones(1, 2, n, 8), torch.ones(1, 2, n, 8), 0)
+        return c
+
+    one = 2 * 2 * 10 * 8 * 4  # keys + values of kv(10), bytes
+    lru = PrefixKVCache(max_bytes=2 * one)
+    lru.put([1], kv(10))
+    lru.put([2], kv(10))
+    got = lru.get([1])  # [1] becomes the most recent
+    got.crop(-5)
+    assert lru.get([1]).get_seq_length() == 10  # the stored copy is untouched
+    lru.put([3], kv(10))  # evicts [2], the least recently used
+    assert lru.get([2]) is None and lru.get([3]) is not None and lru.used <= 2 * one
+    lru.put([4], kv(100))  # larger than the whole budget: not stored
+    assert lru.get([4]) is None and len(lru) == 2
 
 
 def test_no_evidence_threshold(tiny):

@@ -44,22 +44,29 @@ class CficSettings(BaseSettings):
     regions: int = 4
     score_candidates: int = 0
     batch_size: int = 4
+    prefix_cache_mb: float = 1024  # KV of recently read documents, reused by later questions (0: off)
 
 
 _extractors: dict[tuple[str, str | None], CficExtractor] = {}
 _lock = threading.Lock()
 
 
-def get_extractor(pipe: QAPipeline, name: str | None, adapter: str | None) -> CficExtractor:
-    """One extractor per (decoder, adapter) per process (models come from the registry)."""
+def get_extractor(pipe: QAPipeline, name: str | None, adapter: str | None,
+                  prefix_cache_mb: float = 1024) -> CficExtractor:
+    """One extractor per (decoder, adapter) per process (models come from the registry).
+
+    The extractor keeps the KV of the documents it read last (``prefix_cache_mb``, set when the
+    process creates it), so a second question on the same document prefills only itself.
+    """
     from longrag.models.registry import load_decoder
 
     dec = load_decoder(name) if name else pipe.decoder
     key = (dec.name, adapter)
     with _lock:
         if key not in _extractors:
-            _extractors[key] = (load_adapter_extractor(dec, adapter) if adapter
-                                else CficExtractor(dec.model, dec.tokenizer, context_window=dec.context_window))
+            _extractors[key] = (load_adapter_extractor(dec, adapter, prefix_cache_mb=prefix_cache_mb) if adapter
+                                else CficExtractor(dec.model, dec.tokenizer, context_window=dec.context_window,
+                                                   prefix_cache_mb=prefix_cache_mb))
         return _extractors[key]
 
 
@@ -90,7 +97,7 @@ def cfic_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -> 
     anchors: list[int] = []
     for h in (h for h in hits if h.doc_id == doc_id):  # retrieval rank -> sentence anchors
         anchors.extend(x.index for x in sentences if x.start < h.end and x.end > h.start and x.index not in anchors)
-    extractor = get_extractor(pipe, s.extractor, s.adapter)
+    extractor = get_extractor(pipe, s.extractor, s.adapter, CficSettings().prefix_cache_mb)
     t1 = time.perf_counter()
     res = extractor(text, sentences, q.text, anchors=anchors or None, options=_options(s))
     x_ms = (time.perf_counter() - t1) * 1000
@@ -107,6 +114,7 @@ def cfic_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -> 
         "cfic_extractor": f"{s.extractor or pipe.decoder.name}{' + ' + s.adapter if s.adapter else ''}",
         "extraction_ms": round(x_ms, 2),
         "cfic_prefill_ms": res.timings.get("prefill_ms", 0.0),
+        "cfic_document_cached": bool(res.stats.get("head_cached", False)),
     }
     if res.no_evidence:
         if on_token is not None:
