@@ -26,8 +26,8 @@ import copy
 import difflib
 import hashlib
 import logging
-import threading
 import math
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -437,12 +437,14 @@ class CficExtractor:
         trie = SentenceTrie(variants)
         head, tail = split_prompt(self.tokenizer, document, question)
         t0 = time.perf_counter()
-        cache = self.prefix_cache.get(head) if self.prefix_cache.max_bytes else None
+        reuse = bool(head) and self.prefix_cache.max_bytes > 0
+        cache = self.prefix_cache.get(head) if reuse else None
         cached = cache is not None
         if cache is None:
             cache = DynamicCache()
-            self._feed(head, cache)
-            if self.prefix_cache.max_bytes:
+            if head:
+                self._feed(head, cache)
+            if reuse:
                 self.prefix_cache.put(head, cache)
         logits = self._feed(tail, cache)
         pos = {s.index: i for i, s in enumerate(visible)}
