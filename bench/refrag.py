@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from bench.common import hardware
 from bench.train_refrag import DECODER, DOC_START, EMBEDDER, GUTENBERG, HELD_OUT, novel_body
 from longrag.generation import refrag as rf
 from longrag.generation.decoding import generate, pick, prefill
@@ -231,7 +232,8 @@ def main() -> None:
         "command": "LONGRAG_MODEL_CACHE=.cache/models .venv/bin/python -m bench.refrag " + " ".join(
             f"--{a.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for a, v in vars(args).items() if a != "out"),
-        "hardware": f"{platform.machine()} CPU, 2 cores shared with 7 other agents' jobs, torch threads={args.threads}, fp32",
+        "hardware": f"{platform.machine()} CPU, torch threads={args.threads}, fp32",
+        "machine": hardware(),
         "decoder": DECODER, "embedder": EMBEDDER, "checkpoint": ckpt.name,
         "projectors": {str(k): "trained" if ok else "random (timing only)" for k, (_, ok) in projs.items()},
         "held_out_novel": HELD_OUT, "held_out_tokens": len(ids),

@@ -320,7 +320,7 @@ def main() -> None:
     print("eval (final)", log["eval_final"], flush=True)
     log["total_seconds"] = round(time.perf_counter() - t_start, 1)
     save_checkpoint(out, projector.cpu(), config, meta={k_: log[k_] for k_ in ("command", "hardware", "scale", "held_out", "eval_final")})
-    log["weights"] = str(out.relative_to(REPO))
+    log["weights"] = str(out.relative_to(REPO)) if out.is_relative_to(REPO) else str(out)
     args.log.parent.mkdir(parents=True, exist_ok=True)
     args.log.write_text(json.dumps(log, indent=1))
     print("wrote", out, args.log)
