@@ -38,6 +38,7 @@ import torch
 from transformers import DynamicCache
 
 from longrag.generation.decoding import stop_token_ids
+from longrag.generation.prompts import chat_text, encode_halves
 from longrag.retrieval.types import Sentence
 
 log = logging.getLogger(__name__)
@@ -204,10 +205,7 @@ def evidence_messages(document: str, question: str) -> list[dict[str, str]]:
 
 def prompt_text(tokenizer: Any, document: str, question: str) -> str:
     """The chat prompt ending where the evidence starts (also used by the trainer)."""
-    messages = evidence_messages(document, question)
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "\n\n".join(m["content"] for m in messages) + "\n"
+    return chat_text(tokenizer, evidence_messages(document, question))
 
 
 def split_prompt(tokenizer: Any, document: str, question: str) -> tuple[list[int], list[int]]:
@@ -220,9 +218,7 @@ def split_prompt(tokenizer: Any, document: str, question: str) -> tuple[list[int
     prompt = prompt_text(tokenizer, document, question)
     marker = "Document:\n" + document
     cut = prompt.find(marker)
-    cut = cut + len(marker) if cut >= 0 else 0
-    enc = tokenizer([prompt[:cut], prompt[cut:]], add_special_tokens=False)["input_ids"]
-    return list(enc[0]), list(enc[1])
+    return encode_halves(tokenizer, prompt, cut + len(marker) if cut >= 0 else 0)
 
 
 def cache_bytes(cache: DynamicCache) -> int:

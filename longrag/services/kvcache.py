@@ -26,7 +26,7 @@ from typing import Any
 from longrag.config import Settings
 from longrag.generation import sentencekv as skv
 from longrag.generation.decoding import TokenCallback
-from longrag.generation.prompts import answer_messages
+from longrag.generation.prompts import answer_messages, chat_text, encode_halves
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +44,11 @@ def skv_config(settings: Settings) -> skv.SentenceKVConfig:
 
 def split_prompt(tokenizer: Any, question: str, context: str) -> tuple[list[int], list[int]]:
     """Token ids of the chat prompt split into (document prefix, question suffix)."""
-    messages = answer_messages(question, context)
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    else:
-        text = "\n\n".join(m["content"] for m in messages) + "\n"
+    text = chat_text(tokenizer, answer_messages(question, context))
     cut = text.rfind(_QUESTION_MARK)
     if cut < 0:
         raise ValueError("the prompt template does not put the question after the context")
-    enc = lambda s: list(tokenizer(s, add_special_tokens=False)["input_ids"])  # noqa: E731
-    return enc(text[:cut]), enc(text[cut:])
+    return encode_halves(tokenizer, text, cut)
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,7 +72,8 @@ def get_extractor(pipe: QAPipeline, name: str | None, adapter: str | None,
 
 def _settings(q: Question) -> CficSettings:
     base = CficSettings()
-    known = {k: v for k, v in (q.options or {}).items() if k in CficSettings.model_fields}
+    known = {k: v for k, v in (q.options or {}).items()  # the cache size is per process: env only
+             if k in CficSettings.model_fields and k != "prefix_cache_mb"}
     return base.model_copy(update=known) if known else base
 
 
@@ -97,7 +98,7 @@ def cfic_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -> 
     anchors: list[int] = []
     for h in (h for h in hits if h.doc_id == doc_id):  # retrieval rank -> sentence anchors
         anchors.extend(x.index for x in sentences if x.start < h.end and x.end > h.start and x.index not in anchors)
-    extractor = get_extractor(pipe, s.extractor, s.adapter, CficSettings().prefix_cache_mb)
+    extractor = get_extractor(pipe, s.extractor, s.adapter, s.prefix_cache_mb)
     t1 = time.perf_counter()
     res = extractor(text, sentences, q.text, anchors=anchors or None, options=_options(s))
     x_ms = (time.perf_counter() - t1) * 1000

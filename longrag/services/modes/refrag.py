@@ -28,7 +28,7 @@ import numpy as np
 from longrag.config import Settings
 from longrag.errors import InvalidRequestError
 from longrag.generation.decoding import TokenCallback
-from longrag.generation.prompts import answer_messages
+from longrag.generation.prompts import answer_messages, chat_text, encode_halves
 from longrag.generation.refrag import (
     ChunkArtifact,
     Refrag,
@@ -124,13 +124,9 @@ def document_artifact(corpus: Any, doc_id: str, rt: Refrag, k: int) -> tuple[Chu
 
 def split_chat(tokenizer: Any, question: str) -> tuple[list[int], list[int]]:
     """Token ids of the answer prompt before and after its context."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(answer_messages(question, _MARK), tokenize=False, add_generation_prompt=True)
-    else:
-        text = "\n\n".join(m["content"] for m in answer_messages(question, _MARK)) + "\n"
+    text = chat_text(tokenizer, answer_messages(question, _MARK))
     before, after = text.split(_MARK, 1)
-    enc = lambda s: list(tokenizer(s, add_special_tokens=False)["input_ids"]) if s else []  # noqa: E731
-    return enc(before), enc(after)
+    return encode_halves(tokenizer, before + after, len(before))
 
 
 def chunk_window(art: ChunkArtifact, anchor_char: int, max_chunks: int) -> tuple[int, int]:
