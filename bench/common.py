@@ -51,7 +51,8 @@ def hardware() -> dict[str, Any]:
         "gpu": cuda,
         "torch_threads": threads,
         "load_avg_1m_at_start": load,
-        "note": "shared 2-core CPU (other jobs running); compare ratios measured in the same run",
+        "note": ("busy" if load is not None and load >= (os.cpu_count() or 1) else "idle or lightly loaded")
+        + " at start (1-minute load average vs cores); compare ratios measured in the same run",
         "python": platform.python_version(),
     }
 

@@ -12,10 +12,12 @@ and answer F1 are compared on equal terms:
 - ``self_spec``: naive self-speculation, drafter = same weights on the last N prompt tokens;
 - ``prompt_lookup``: transformers' ``generate(..., prompt_lookup_num_tokens=10)``;
 - ``rag_only``: the drafter alone (retrieved context only);
-- ``hybrid``: n-gram lookup in the retrieved context first, the LLM drafter otherwise.
+- ``hybrid``: n-gram lookup (>= ``--min-ngram`` tokens, default 1) in the drafter's prompt (retrieved
+  context + question) first, the LLM drafter otherwise; with ``--min-ngram`` > 1 also
+  ``hybrid_ngram1`` (1-gram matches used too) for comparison.
 
 A cost model is measured on each question's own caches (target decode step and verification
-of gamma + 1 tokens at the question's context length, drafter step at the drafter's) and
+of 2, 4 and gamma + 1 tokens at the question's context length, drafter step at the drafter's) and
 predicts RAPID's speed-up over target-only from the measured acceptance; the JSON lists the
 prediction next to the measurement and the fitted crossover length.
 
@@ -179,6 +181,9 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=1024, help="drafter budget floor (max(budget, s/24))")
     ap.add_argument("--threshold", type=float, default=0.2)
     ap.add_argument("--min-confidence", type=float, default=0.3)
+    ap.add_argument("--min-ngram", type=int, default=1,
+                    help="hybrid: shortest n-gram match used (shorter matches go to the LLM drafter); "
+                         "with > 1 the run adds hybrid_ngram1 for comparison")
     ap.add_argument("--self-spec-tokens", type=int, default=0, help="naive drafter window (0: = drafter budget)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--hf-pl-max", type=int, default=2048, help="run transformers' prompt lookup up to this length")
@@ -202,7 +207,7 @@ def main() -> None:
     embedder = Embedder(load_embedder())
     cfg0 = RapidConfig(gamma=args.gamma, eta=0.0, max_new_tokens=args.max_new_tokens)
     methods = ["target", "rapid_eta0", *[f"rapid_eta{e:g}" for e in args.etas], "self_spec", "prompt_lookup",
-               "prompt_lookup_hf", "rag_only", "hybrid"]
+               "prompt_lookup_hf", "rag_only", "hybrid", "hybrid_ngram1"]
     rows: list[dict[str, Any]] = []
     meta = {
         "hardware": hardware(),
@@ -291,9 +296,12 @@ def main() -> None:
                                               "steady_ms": round(rag.total_ms - rag.ttft_ms, 1),
                                               "tokens_per_s": round(len(rag.token_ids) / (rag.total_ms / 1000), 3)
                                               if rag.token_ids else 0.0}
-                hyb = HybridDrafter(NgramDrafter(draft_ids), LMDrafter(model, draft_ids, min_confidence=args.min_confidence,
-                                                                        state=dstate))
-                record("hybrid", rapid_generate(target, hyb, tok, ids, config=cfg0))
+                for name, min_n in (("hybrid", args.min_ngram), ("hybrid_ngram1", 1)):
+                    if name == "hybrid_ngram1" and args.min_ngram == 1:
+                        continue
+                    hyb = HybridDrafter(NgramDrafter(draft_ids, min_ngram=min_n),
+                                        LMDrafter(model, draft_ids, min_confidence=args.min_confidence, state=dstate))
+                    record(name, rapid_generate(target, hyb, tok, ids, config=cfg0))
             # cost model on this question's caches
             probe = ids[-1:]
             k1 = args.gamma + 1
@@ -302,11 +310,13 @@ def main() -> None:
                 target.feed(probe)
                 target.crop(len(ids) - 1)
 
-            def verify_step() -> None:
-                target.feed(probe * k1, keep=k1)
+            def verify_step(k: int) -> None:
+                target.feed(probe * k, keep=k)
                 target.crop(len(ids) - 1)
 
-            row["cost"] = {"target_step_ms": timed(step, 3), "verify_ms": timed(verify_step, 2)}
+            by_k = {k: timed(lambda k=k: verify_step(k), 2) for k in sorted({2, 4, k1})}
+            row["cost"] = {"target_step_ms": timed(step, 3), "verify_ms": by_k[k1],
+                           "verify_ms_by_k": {str(k): v for k, v in by_k.items()}}
             if draft_ids:
                 dl = len(dstate.tokens)
 
@@ -363,21 +373,34 @@ def summarise(rows: list[dict], methods: list[str], gamma: int) -> dict[str, Any
             d["steady_speedup_vs_target"] = round(d["steady_tokens_per_s"] / sbase, 3) if sbase else None
         cost = {k: _mean(r["cost"].get(k) for r in rs) for k in ("target_step_ms", "verify_ms", "drafter_step_ms")}
         pred = {}
-        for m in ("rapid_eta0", "hybrid", *[x for x in methods if x.startswith("rapid_eta") and x != "rapid_eta0"]):
+        for m in ("rapid_eta0", "hybrid", "hybrid_ngram1", *[x for x in methods if x.startswith("rapid_eta") and x != "rapid_eta0"]):
             d = per.get(m)
             if not d or not d.get("drafted_per_round") or not cost["drafter_step_ms"]:
                 continue
             # tokens per round = accepted + 1; cost per round = drafted * drafter step (n-gram rounds ~0)
             # + one verification; speed-up = target step * tokens per round / cost per round
             llm_share = 1.0
-            if m == "hybrid":
+            if m.startswith("hybrid"):
                 ng = sum(r["methods"][m].get("ngram_rounds", 0) for r in rs if m in r["methods"])
                 llm_share = 1 - ng / max(1, sum(r["methods"][m].get("rounds", 0) for r in rs if m in r["methods"]))
-            per_round = d["drafted_per_round"] * cost["drafter_step_ms"] * llm_share + cost["verify_ms"]
+            per_round = d["drafted_per_round"] * cost["drafter_step_ms"] * llm_share + verify_cost(rs, d["drafted_per_round"] + 1)
             pred[m] = round(cost["target_step_ms"] * (d["mean_accepted"] + 1) / per_round, 3)
         out[str(length)] = {"methods": per, "cost_ms": cost, "predicted_speedup": pred}
     out["crossover"] = crossover(out, gamma)
     return out
+
+
+def verify_cost(rows: list[dict], k: float) -> float:
+    """Mean verification cost of ``k`` tokens, interpolated over the sizes measured on each question."""
+    vals = []
+    for r in rows:
+        by_k = {int(a): b for a, b in (r["cost"].get("verify_ms_by_k") or {}).items()}
+        if not by_k:
+            vals.append(r["cost"]["verify_ms"])
+            continue
+        ks = sorted(by_k)
+        vals.append(float(np.interp(k, ks, [by_k[x] for x in ks])))
+    return float(np.mean(vals))
 
 
 def crossover(summary: dict[str, Any], gamma: int) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from longrag.generation.fastkv import new_cache
+
 TokenCallback = Callable[[str], None]
 
 
@@ -122,7 +124,7 @@ def generate(
     device = next(model.parameters()).device
     ids = torch.tensor([list(input_ids)], dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
-    cache = DynamicCache()
+    cache = new_cache()
     t0 = time.perf_counter()
     logits = prefill(model, ids, cache)
     return decode_loop(

@@ -32,6 +32,7 @@ import torch
 from transformers import DynamicCache
 
 from longrag.generation.decoding import TokenCallback, stop_token_ids
+from longrag.generation.fastkv import new_cache
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ class KVState:
     """
 
     model: Any
-    cache: DynamicCache = field(default_factory=DynamicCache)
+    cache: DynamicCache = field(default_factory=new_cache)
     tokens: list[int] = field(default_factory=list)
     prefill_chunk: int = 2048
 

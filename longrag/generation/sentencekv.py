@@ -53,6 +53,8 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from longrag.generation.fastkv import ATTN_NAME as FAST_ATTN
+
 log = logging.getLogger(__name__)
 
 ATTN_NAME = "sentencekv"
@@ -720,7 +722,7 @@ def sentencekv_attention(model: Any) -> Iterator[None]:
     register_attention()
     with _switch_lock:
         previous = model.config._attn_implementation
-        if previous not in ("sdpa", ATTN_NAME):
+        if previous not in ("sdpa", FAST_ATTN, ATTN_NAME):
             raise SentenceKVError(f"SentenceKV needs an sdpa-attention model, got {previous!r}")
         model.set_attn_implementation(ATTN_NAME)
         try:

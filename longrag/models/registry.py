@@ -229,6 +229,7 @@ def load_decoder(name: str | None = None, *, device: str | None = None) -> Decod
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from longrag.config import get_settings
+    from longrag.generation.fastkv import use_fast_attention
 
     settings = get_settings()
     name = name or settings.decoder
@@ -242,6 +243,7 @@ def load_decoder(name: str | None = None, *, device: str | None = None) -> Decod
     tokenizer = AutoTokenizer.from_pretrained(location)
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype).to(device).eval()
+    use_fast_attention(model)  # sdpa with packed GQA blocks (generation/fastkv.py)
     window = spec.context_window if spec else int(getattr(model.config, "max_position_embeddings", 4096))
     dec = Decoder(name, model, tokenizer, window, device, time.perf_counter() - t0)
     _decoders[key] = dec

@@ -292,6 +292,9 @@ def test_ngram_drafter_copies_from_reference():
     assert d.propose([6, 7], 3).tokens == [1, 2]  # most recent match of the bigram
     assert d.propose([9, 5], 3).tokens == [6, 7, 8]  # falls back to the unigram "5"
     assert d.propose([42], 3).tokens == [] and d.misses == 1
+    strict = NgramDrafter([5, 6, 7, 8, 9, 6, 7, 1, 2], max_ngram=2, min_ngram=2)
+    assert strict.propose([6, 7], 3).tokens == [1, 2]
+    assert strict.propose([9, 5], 3).tokens == []  # a 1-gram match is not used
     with pytest.raises(ValueError):
         NgramDrafter([1, 2], min_ngram=0)
 
@@ -343,6 +346,9 @@ def test_rapid_mode_empty_retrieval_and_bad_options(tiny_decoder_dir):
     for bad in ({"gamma": 0}, {"eta": -1}, {"drafter": "oracle"}, {"gamma": "many"}):
         with pytest.raises(InvalidRequestError):
             pipe.ask(Question("Who was the Norman leader?", mode="rapid", options=bad))
+    odd = _pipe(tiny_decoder_dir, rapid_min_ngram=4, rapid_max_ngram=3)
+    with pytest.raises(InvalidRequestError, match="MIN_NGRAM"):
+        odd.ask(Question("Who was the Norman leader?", mode="rapid", max_new_tokens=4))
 
 
 def test_rapid_mode_refuses_drafter_with_other_tokenizer(tiny_decoder_dir, tmp_path):

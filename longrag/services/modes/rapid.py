@@ -118,6 +118,9 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
     budget_tokens = _opt(q, "budget_tokens", s.rapid_budget_tokens, int)
     threshold = _opt(q, "threshold", s.rapid_threshold, float)
     min_conf = _opt(q, "min_confidence", s.rapid_min_confidence, float)
+    if not 1 <= s.rapid_min_ngram <= s.rapid_max_ngram:
+        raise InvalidRequestError(f"rapid: need 1 <= LONGRAG_RAPID_MIN_NGRAM ({s.rapid_min_ngram}) "
+                                  f"<= LONGRAG_RAPID_MAX_NGRAM ({s.rapid_max_ngram})")
 
     hits, r_ms = pipe.retrieve(q)
     if not hits:
@@ -146,7 +149,7 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
     if not retrieved.empty:
         draft_ids = encode_chat(target.tokenizer, answer_messages(q.text, retrieved.text))
         llm = LMDrafter(drafter_dec.model, draft_ids, min_confidence=min_conf)
-        ngram = NgramDrafter(draft_ids, max_ngram=s.rapid_max_ngram)
+        ngram = NgramDrafter(draft_ids, max_ngram=s.rapid_max_ngram, min_ngram=s.rapid_min_ngram)
         drafter = {"llm": llm, "ngram": ngram, "hybrid": HybridDrafter(ngram, llm)}[drafter_kind]
     else:
         log.info("rapid: retrieval kept no chunk over threshold %.2f; target-only decoding", threshold)
