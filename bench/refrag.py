@@ -42,7 +42,9 @@ OUT = REPO / "bench" / "results" / "refrag.json"
 
 
 def projector_for(k: int, rt: rf.Refrag) -> tuple[rf.Projector, bool]:
-    """The trained projector for k, else a random one of the same shape (timing only)."""
+    """The projector under test for its k, a bundled one for another k, else a random one (timing only)."""
+    if k == rt.k:
+        return rt.projector.eval(), True
     path = rf.find_checkpoint(DECODER, k)
     if path is not None:
         proj, _, _ = rf.load_checkpoint(path, decoder=DECODER, embedder=EMBEDDER, k=k)
@@ -216,10 +218,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sections", nargs="+", default=["ttft", "ppl", "squad"])
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--checkpoint", type=Path, default=None, help="k=16 projector to evaluate (default: the bundled one)")
     ap.add_argument("--merge", action="store_true", help="add these sections to an existing JSON (ttft rows by size)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    ckpt = rf.find_checkpoint(DECODER, 16)
+    ckpt = args.checkpoint or rf.find_checkpoint(DECODER, 16)
     if ckpt is None:
         raise SystemExit("train the k=16 projector first: python -m bench.train_refrag")
     rt = rf.load_refrag(ckpt, device="cpu")

@@ -1,14 +1,14 @@
 """Train the REFRAG projector phi (MiniLM 384 -> SmolLM2 576) on Gutenberg novels.
 
 Stages (decoder and encoder frozen throughout; only phi is trained):
-  0. warm start (not in the paper; cheap): regress phi(Enc(C)) onto the mean of C's decoder
-     token embeddings. Measured on the CPU run it made the starting point WORSE (held-out NLL
-     9.06 vs 4.90 with a random phi), so the full-scale preset skips it (--warm-steps 0).
   1. reconstruction: input [e_1..e_L ; x_1..x_{Lk-1}], loss on x_1..x_{Lk}, curriculum over
      L = 1, 2, 4, ... chunks (the paper: without the curriculum it fails).
   2. continual pre-training, next-paragraph prediction: [e_1..e_L of s context tokens ; next
      T raw tokens], loss on the next T tokens (the paper also unfreezes the decoder here; we
      keep it frozen: no decoder adapter to ship).
+
+With --bag-views n, phi also reads n learned position-weighted pools of each chunk's own decoder
+token embeddings (see longrag.generation.refrag.TokenBag): still one decoder slot per chunk.
 
 One novel (The Great Gatsby) is held out for evaluation. Chunk embeddings (MiniLM over k-token
 chunks of the decoder's tokenization) are computed once and cached under .cache/refrag/.
@@ -62,7 +62,6 @@ def novel_body(path: Path) -> str:
 @dataclass
 class Scale:
     span_tokens: int  # tokens taken from each novel (from 10% in); 0: whole novel
-    warm_steps: int
     s1_positions: int  # decoder positions per stage-1 step (batch = positions // seq len)
     s1_minutes: float
     s1_max_steps: int
@@ -77,10 +76,10 @@ class Scale:
 
 
 SCALES = {
-    "cpu": Scale(4096, 400, 136, 11.0, 400, 8, 160, 7.0, 400, (16, 32, 64), 32, 4, 1e-3),
-    # an idle 2-core CPU for ~40 minutes: 8x the text, no warm start, most of the time in stage 2
-    "cpu-long": Scale(32768, 0, 136, 10.0, 100000, 8, 320, 28.0, 100000, (16, 32, 64), 64, 8, 1e-3),
-    "full": Scale(0, 0, 8192, 60.0, 6000, 64, 8192, 30.0, 4000, (32, 64, 128, 256), 256, 64, 3e-4),
+    "cpu": Scale(4096, 136, 11.0, 400, 8, 160, 7.0, 400, (16, 32, 64), 32, 4, 1e-3),
+    # an idle 2-core CPU for ~40 minutes: 8x the text, most of the time in stage 2
+    "cpu-long": Scale(32768, 136, 10.0, 100000, 8, 320, 28.0, 100000, (16, 32, 64), 64, 8, 1e-3),
+    "full": Scale(0, 8192, 60.0, 6000, 64, 8192, 30.0, 4000, (32, 64, 128, 256), 256, 64, 3e-4),
 }
 
 
@@ -128,35 +127,41 @@ class Batcher:
         return self.embs[i][c : c + n_chunks], ids[c * k : (c + n_chunks) * k], ids[(c + n_chunks) * k : (c + n_chunks) * k + extra]
 
 
-def forward_loss(model, projector, emb: np.ndarray, prefix_tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Loss of ``targets`` after ``[phi(emb) ; embed(prefix_tokens)]``; emb (B,L,d), tokens (B,T-1)/(B,T)."""
+def forward_loss(model, projector, emb: np.ndarray, chunk_tokens: torch.Tensor, prefix_tokens: torch.Tensor,
+                 targets: torch.Tensor) -> torch.Tensor:
+    """Loss of ``targets`` after ``[phi(emb, chunks) ; embed(prefix_tokens)]``.
+
+    emb (B,L,d), chunk_tokens (B,L,k) (read only by a projector with a token bag), tokens (B,T-1)/(B,T).
+    """
     wte = model.get_input_embeddings()
     dev = wte.weight.device
-    ce = projector(torch.as_tensor(emb, dtype=torch.float32, device=dev))
+    tok = wte(chunk_tokens.to(dev)) if projector.bag is not None else None
+    ce = projector(torch.as_tensor(emb, dtype=torch.float32, device=dev), tok)
     x = torch.cat([ce, wte(prefix_tokens.to(dev))], dim=1)
     n = targets.shape[1]
     logits = model(inputs_embeds=x, logits_to_keep=n).logits
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.to(dev).reshape(-1))
 
 
-def recon_batch(b: Batcher, n_chunks: int, batch: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+def recon_batch(b: Batcher, n_chunks: int, batch: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
     embs, toks = [], []
     for _ in range(batch):
         e, ids, _ = b.window(n_chunks, 0)
         embs.append(e)
         toks.append(ids)
     t = torch.tensor(toks)
-    return np.stack(embs), t[:, :-1], t
+    return np.stack(embs), t.view(batch, n_chunks, b.k), t[:, :-1], t
 
 
-def cpt_batch(b: Batcher, n_chunks: int, target: int, batch: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-    embs, toks = [], []
+def cpt_batch(b: Batcher, n_chunks: int, target: int, batch: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
+    embs, ctxs, toks = [], [], []
     for _ in range(batch):
-        e, _, nxt = b.window(n_chunks, target)
+        e, ctx, nxt = b.window(n_chunks, target)
         embs.append(e)
+        ctxs.append(ctx)
         toks.append(nxt)
     t = torch.tensor(toks)
-    return np.stack(embs), t[:, :-1], t
+    return np.stack(embs), torch.tensor(ctxs).view(batch, n_chunks, b.k), t[:, :-1], t
 
 
 @torch.no_grad()
@@ -169,38 +174,17 @@ def evaluate(model, projector, b: Batcher, *, n_chunks: int, target: int, sample
     for _ in range(samples):
         e, ctx, nxt = b.window(n_chunks, target)
         t = torch.tensor([nxt])
-        res["refrag"] += float(forward_loss(model, projector, e[None], t[:, :-1], t))
+        res["refrag"] += float(forward_loss(model, projector, e[None], torch.tensor(ctx).view(1, n_chunks, k), t[:, :-1], t))
         for key, raw in (("truncated_s_over_k", ctx[-n_chunks:]), ("full_context", ctx), ("no_context", [DOC_START])):
             ids = torch.tensor([raw + nxt[:-1]], device=wte.weight.device)
             logits = model(inputs_embeds=wte(ids), logits_to_keep=target).logits[0].float()
             res[key] += float(torch.nn.functional.cross_entropy(logits, t[0].to(logits.device)))
         e1, ids1, _ = b.window(1, 0)
         t1 = torch.tensor([ids1])
-        res["recon_1chunk"] += float(forward_loss(model, projector, e1[None], t1[:, :-1], t1))
+        res["recon_1chunk"] += float(forward_loss(model, projector, e1[None], t1.view(1, 1, k), t1[:, :-1], t1))
     b.rng.setstate(rng_state)
     return {key: round(v / samples, 4) for key, v in res.items()} | {"n_chunks": n_chunks, "context_tokens": n_chunks * k,
                                                                        "target_tokens": target, "samples": samples}
-
-
-def warm_start(model, projector, embs: list[np.ndarray], spans: list[list[int]], k: int, steps: int, lr: float) -> list[float]:
-    wte = model.get_input_embeddings().weight.detach()
-    xs, ys = [], []
-    for e, ids in zip(embs, spans):
-        n = len(e)
-        xs.append(torch.as_tensor(e, device=wte.device))
-        ys.append(wte[torch.tensor(ids[: n * k], device=wte.device)].view(n, k, -1).mean(1))
-    x, y = torch.cat(xs), torch.cat(ys)
-    opt = torch.optim.Adam(projector.parameters(), lr=lr * 3)
-    losses = []
-    for step in range(steps):
-        idx = torch.randint(0, len(x), (256,), device=x.device)
-        loss = torch.nn.functional.mse_loss(projector(x[idx]), y[idx]) / y.pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 50 == 0 or step == steps - 1:
-            losses.append(round(float(loss.detach()), 4))
-    return losses
 
 
 def main() -> None:
@@ -214,15 +198,14 @@ def main() -> None:
     ap.add_argument("--log", type=Path, default=REPO / "bench" / "results" / "refrag_train_log.json")
     ap.add_argument("--s1-minutes", type=float, default=None)
     ap.add_argument("--s2-minutes", type=float, default=None)
-    ap.add_argument("--warm-steps", type=int, default=None, help="stage-0 steps (the CPU run's 400 made the start worse)")
+    ap.add_argument("--bag-views", type=int, default=0,
+                    help="also feed phi n learned pools of the chunk's decoder token embeddings (0: MiniLM vector only)")
     args = ap.parse_args()
     sc = SCALES[args.scale]
     if args.s1_minutes is not None:
         sc.s1_minutes = args.s1_minutes
     if args.s2_minutes is not None:
         sc.s2_minutes = args.s2_minutes
-    if args.warm_steps is not None:
-        sc.warm_steps = args.warm_steps
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
@@ -251,7 +234,8 @@ def main() -> None:
     train_b, held_b = Batcher(spans, embs, k, rng), Batcher(held, held_embs, k, random.Random(args.seed + 1))
 
     hidden = model.get_input_embeddings().weight.shape[1]
-    config = RefragConfig(decoder=DECODER, embedder=EMBEDDER, k=k, enc_dim=encoder.dim, dec_dim=hidden, hidden_dim=hidden)
+    config = RefragConfig(decoder=DECODER, embedder=EMBEDDER, k=k, enc_dim=encoder.dim, dec_dim=hidden, hidden_dim=hidden,
+                          bag_views=args.bag_views)
     projector = new_projector(config).to(args.device)
     eval_kw = dict(n_chunks=sc.s2_chunks[1] if len(sc.s2_chunks) > 1 else sc.s2_chunks[0], target=sc.s2_target,
                    samples=sc.eval_samples, k=k)
@@ -267,12 +251,6 @@ def main() -> None:
     log["eval_init"] = evaluate(model, projector, held_b, **eval_kw)
     print("eval (random phi)", log["eval_init"], flush=True)
 
-    t0 = time.perf_counter()
-    log["stage0_warm_start"] = {"mse_rel": warm_start(model, projector, embs, spans, k, sc.warm_steps, sc.lr),
-                                "seconds": round(time.perf_counter() - t0, 1)}
-    log["eval_after_warm_start"] = evaluate(model, projector, held_b, **eval_kw)
-    print("eval (warm start)", log["eval_after_warm_start"], flush=True)
-
     opt = torch.optim.Adam(projector.parameters(), lr=sc.lr)
     # stage 1: reconstruction with a curriculum 1, 2, 4, ... chunks (equal time per phase)
     phases = [2**i for i in range(int(math.log2(sc.s1_max_chunks)) + 1)]
@@ -284,8 +262,8 @@ def main() -> None:
         steps = 0
         while time.perf_counter() < phase_end and steps < sc.s1_max_steps // len(phases):
             batch = max(1, sc.s1_positions // (n_chunks * (k + 1)))
-            e, inp, tgt = recon_batch(train_b, n_chunks, batch)
-            loss = forward_loss(model, projector, e, inp.to(args.device), tgt.to(args.device))
+            e, ctx, inp, tgt = recon_batch(train_b, n_chunks, batch)
+            loss = forward_loss(model, projector, e, ctx, inp.to(args.device), tgt.to(args.device))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -306,8 +284,8 @@ def main() -> None:
     while time.perf_counter() - t0 < sc.s2_minutes * 60 and len(s2) < sc.s2_max_steps:
         n_chunks = rng.choice(sc.s2_chunks)
         batch = max(1, sc.s2_positions // (n_chunks + sc.s2_target))
-        e, inp, tgt = cpt_batch(train_b, n_chunks, sc.s2_target, batch)
-        loss = forward_loss(model, projector, e, inp.to(args.device), tgt.to(args.device))
+        e, ctx, inp, tgt = cpt_batch(train_b, n_chunks, sc.s2_target, batch)
+        loss = forward_loss(model, projector, e, ctx, inp.to(args.device), tgt.to(args.device))
         opt.zero_grad()
         loss.backward()
         opt.step()

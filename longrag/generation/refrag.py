@@ -35,6 +35,7 @@ from transformers import DynamicCache
 
 from longrag.errors import LongragError
 from longrag.generation.decoding import GenerationResult, TokenCallback, decode_loop, decode_one
+from longrag.generation.fastkv import new_cache
 
 log = logging.getLogger(__name__)
 
@@ -63,28 +64,74 @@ class RefragConfig:
     dec_dim: int = 576
     hidden_dim: int = 576
     version: int = CHECKPOINT_VERSION
+    bag_views: int = 0  # 0: the paper's encoder vector only; n: + n learned pools of the chunk's token embeddings
+
+
+class TokenBag(nn.Module):
+    """Learned position-weighted pools of a chunk's own decoder token embeddings.
+
+    Input ``(..., k, d)`` right-aligned (a short last chunk is zero-padded at the front, so the
+    last positions always hold the chunk's last tokens); output ``(..., views * d)``. View 0
+    starts as the mean, view ``j`` as the ``j``-th token from the end; all weights are trained.
+    """
+
+    def __init__(self, views: int, k: int) -> None:
+        super().__init__()
+        w = torch.zeros(views, k)
+        w[0] = 1.0 / k
+        for j in range(1, views):
+            w[j, k - min(j, k)] = 1.0
+        self.weight = nn.Parameter(w)
+
+    def forward(self, tok: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("vk,...kd->...vd", self.weight.to(tok.dtype), tok).flatten(-2)
 
 
 class Projector(nn.Module):
-    """phi: encoder vector -> decoder token-embedding space (Linear, GELU, Linear)."""
+    """phi: chunk features -> decoder token-embedding space (Linear, GELU, Linear).
 
-    def __init__(self, enc_dim: int, dec_dim: int, hidden_dim: int | None = None) -> None:
+    The features are the encoder vector and, with ``bag_views > 0``, :class:`TokenBag` pools of
+    the chunk's decoder token embeddings (computed from the chunk's ids, nearly free, so the
+    cached artifact stays the encoder vectors + ids). Either way a chunk is ONE decoder slot.
+    """
+
+    def __init__(self, enc_dim: int, dec_dim: int, hidden_dim: int | None = None, *, bag_views: int = 0,
+                 k: int = 16) -> None:
         super().__init__()
         hidden_dim = hidden_dim or dec_dim
-        self.net = nn.Sequential(nn.Linear(enc_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, dec_dim))
+        self.bag = TokenBag(bag_views, k) if bag_views > 0 else None
+        in_dim = enc_dim + bag_views * dec_dim
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, dec_dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, tok: torch.Tensor | None = None) -> torch.Tensor:
+        if self.bag is not None:
+            if tok is None:
+                raise ValueError("this projector also reads the chunks' token embeddings (bag_views > 0)")
+            x = torch.cat([x, self.bag(tok.to(x.dtype))], dim=-1)
         return self.net(x)
 
 
 def new_projector(config: RefragConfig) -> Projector:
-    return Projector(config.enc_dim, config.dec_dim, config.hidden_dim)
+    return Projector(config.enc_dim, config.dec_dim, config.hidden_dim, bag_views=config.bag_views, k=config.k)
+
+
+def chunk_token_embeds(wte: nn.Embedding, chunks: Sequence[Sequence[int]], k: int) -> torch.Tensor:
+    """``(n, k, d)`` decoder token embeddings of each chunk, right-aligned, zeros before a short chunk."""
+    dev = wte.weight.device
+    ids = torch.zeros(len(chunks), k, dtype=torch.long, device=dev)
+    mask = torch.zeros(len(chunks), k, 1, dtype=wte.weight.dtype, device=dev)
+    for i, c in enumerate(chunks):
+        c = list(c)[-k:]
+        if c:
+            ids[i, k - len(c):] = torch.tensor(c, dtype=torch.long)
+            mask[i, k - len(c):] = 1
+    return wte(ids) * mask
 
 
 def save_checkpoint(path: Path, projector: Projector, config: RefragConfig, meta: dict[str, Any] | None = None) -> Path:
-    """Write ``{"config", "state_dict", "meta"}`` (fp32 weights, a few MB) with ``torch.save``."""
+    """Write ``{"config", "state_dict", "meta"}`` (fp16 weights, a few MB) with ``torch.save``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().float().cpu().contiguous() for k, v in projector.state_dict().items()}
+    state = {k: v.detach().half().cpu().contiguous() for k, v in projector.state_dict().items()}
     torch.save({"config": asdict(config), "state_dict": state, "meta": meta or {}}, path)
     return path
 
@@ -118,7 +165,7 @@ def load_checkpoint(
     if problems:
         raise RefragCheckpointError(f"REFRAG checkpoint {path} does not fit: " + "; ".join(problems))
     projector = new_projector(config)
-    projector.load_state_dict(blob["state_dict"])
+    projector.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
     return projector.eval(), config, dict(blob.get("meta") or {})
 
 
@@ -352,7 +399,10 @@ def build_inputs_embeds(
     if len(chunks):
         ce = torch.as_tensor(chunk_emb, dtype=torch.float32, device=wte.device)
         proj_dtype = next(projector.parameters()).dtype
-        compressed = projector(ce.to(proj_dtype)).to(wte.dtype)
+        tok = None
+        if projector.bag is not None:
+            tok = chunk_token_embeds(model.get_input_embeddings(), chunks, projector.bag.weight.shape[1])
+        compressed = projector(ce.to(proj_dtype), tok).to(wte.dtype)
         run: list[int] = []  # consecutive compressed chunk indices, flushed as one slice
         for i, c in enumerate(chunks):
             if i in expand:
@@ -405,7 +455,7 @@ def generate_from_embeds(
     """
     device = embeds.device
     generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
-    cache = DynamicCache()
+    cache = new_cache()
     t0 = time.perf_counter() if t0 is None else t0
     logits = prefill_embeds(model, embeds, cache)
     return decode_loop(

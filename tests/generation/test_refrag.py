@@ -60,6 +60,38 @@ def test_inputs_embeds_layout_with_partial_chunk_and_expansion(tiny):
         torch.testing.assert_close(x[0, -2:], wte(torch.tensor(suffix)))
 
 
+
+def test_token_bag_projector_reads_each_chunks_own_tokens(tiny, tmp_path: Path):
+    """With bag_views > 0 a slot also depends on the chunk's tokens (right-aligned), still one slot per chunk."""
+    model, _ = tiny
+    torch.manual_seed(0)
+    cfg = rf.RefragConfig("d", "e", 8, enc_dim=384, dec_dim=64, hidden_dim=64, bag_views=3)
+    proj = rf.new_projector(cfg).eval()
+    wte = model.get_input_embeddings()
+    chunks = [list(range(10, 18)), [30, 31, 32]]  # a full chunk and a short last one
+    emb = np.random.default_rng(0).standard_normal((2, 384)).astype(np.float32)
+    with torch.no_grad():
+        tok = rf.chunk_token_embeds(wte, chunks, 8)
+        assert tok.shape == (2, 8, 64)
+        assert float(tok[1, :5].abs().sum()) == 0.0  # padding before the short chunk
+        torch.testing.assert_close(tok[1, 5:], wte(torch.tensor([30, 31, 32])))
+        # view 0 starts as the mean, view j as the j-th token from the end
+        bag = proj.bag(tok[:1]).view(3, 64)
+        torch.testing.assert_close(bag[0], wte(torch.tensor(chunks[0])).mean(0))
+        torch.testing.assert_close(bag[1], wte(torch.tensor([17]))[0])
+        x, layout = rf.build_inputs_embeds(model, proj, chunks, emb, prefix_ids=[1], suffix_ids=[2])
+        assert x.shape[1] == 1 + 2 + 1 and layout.n_compressed == 2
+        torch.testing.assert_close(x[0, 1:3], proj(torch.from_numpy(emb), tok))
+        other, _ = rf.build_inputs_embeds(model, proj, [list(range(20, 28)), [30, 31, 32]], emb, prefix_ids=[1], suffix_ids=[2])
+        assert not torch.allclose(other[0, 1], x[0, 1]) and torch.allclose(other[0, 2], x[0, 2])
+        with pytest.raises(ValueError, match="token embeddings"):
+            proj(torch.from_numpy(emb))
+    path = rf.save_checkpoint(tmp_path / "refrag-bag.pt", proj, cfg)
+    loaded, cfg2, _ = rf.load_checkpoint(path)
+    assert cfg2.bag_views == 3
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(torch.from_numpy(emb), tok), proj(torch.from_numpy(emb), tok), rtol=1e-2, atol=1e-3)
+
 def test_empty_context_gives_prompt_only(tiny):
     model, tok = tiny
     x, layout = rf.build_inputs_embeds(model, _projector(), [], np.zeros((0, 384), np.float32), prefix_ids=[1, 2], suffix_ids=[3])
@@ -83,8 +115,8 @@ def test_checkpoint_roundtrip_and_mismatch_names_both_models(tmp_path: Path):
     path = rf.save_checkpoint(tmp_path / "refrag-x.pt", proj, cfg, {"note": "t"})
     loaded, cfg2, meta = rf.load_checkpoint(path, decoder="smollm2-135m-instruct", embedder="all-minilm-l6-v2", k=16)
     assert cfg2 == cfg and meta == {"note": "t"}
-    for a, b in zip(proj.parameters(), loaded.parameters()):
-        torch.testing.assert_close(a, b)
+    for a, b in zip(proj.parameters(), loaded.parameters()):  # stored in fp16
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
     with pytest.raises(rf.RefragCheckpointError) as e:
         rf.load_checkpoint(path, decoder="qwen2.5-coder-0.5b-instruct")
     assert "smollm2-135m-instruct" in str(e.value) and "qwen2.5-coder-0.5b-instruct" in str(e.value)
