@@ -103,17 +103,21 @@ def packed_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch
 
 
 _lock = threading.Lock()
-_registered = False
+_registered: set[str] = set()
+
+
+def register_sdpa_like(name: str, fn: Any) -> None:
+    """Register an attention function that takes ``sdpa``'s masks with transformers (idempotent)."""
+    with _lock:
+        if name not in _registered:
+            AttentionInterface.register(name, fn)
+            AttentionMaskInterface.register(name, sdpa_mask)
+            _registered.add(name)
 
 
 def register_attention() -> None:
-    """Register ``longrag_sdpa`` (attention and its mask) with transformers (idempotent)."""
-    global _registered
-    with _lock:
-        if not _registered:
-            AttentionInterface.register(ATTN_NAME, packed_sdpa_forward)
-            AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
-            _registered = True
+    """Register ``longrag_sdpa`` with transformers (idempotent)."""
+    register_sdpa_like(ATTN_NAME, packed_sdpa_forward)
 
 
 def use_fast_attention(model: Any) -> Any:

@@ -48,12 +48,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface
 from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from longrag.generation.fastkv import ATTN_NAME as FAST_ATTN
+from longrag.generation.fastkv import register_sdpa_like
 
 log = logging.getLogger(__name__)
 
@@ -699,18 +698,9 @@ def sentencekv_attention_forward(module: torch.nn.Module, query: torch.Tensor, k
     return out.transpose(1, 2).contiguous(), None
 
 
-_register_lock = threading.Lock()
-_registered = False
-
-
 def register_attention() -> None:
     """Register the ``sentencekv`` attention and mask functions with transformers (idempotent)."""
-    global _registered
-    with _register_lock:
-        if not _registered:
-            AttentionInterface.register(ATTN_NAME, sentencekv_attention_forward)
-            AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
-            _registered = True
+    register_sdpa_like(ATTN_NAME, sentencekv_attention_forward)
 
 
 _switch_lock = threading.RLock()
