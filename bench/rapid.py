@@ -192,8 +192,6 @@ def main() -> None:
     args = ap.parse_args()
     set_threads(args.threads)
 
-    import torch
-
     from longrag.generation.prompts import answer_messages, encode_chat
     from longrag.generation.rapid import (
         HybridDrafter, KVState, LMDrafter, NgramDrafter, RapidConfig, autoregressive, rapid_generate,
