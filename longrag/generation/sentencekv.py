@@ -51,8 +51,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from longrag.generation.fastkv import ATTN_NAME as FAST_ATTN
-from longrag.generation.fastkv import register_sdpa_like
+from longrag.generation.fastkv import ATTN_NAME as FAST_ATTN, register_sdpa_like
 
 log = logging.getLogger(__name__)
 

@@ -38,6 +38,7 @@ import torch
 from transformers import DynamicCache
 
 from longrag.generation.decoding import stop_token_ids
+from longrag.generation.fastkv import new_cache
 from longrag.generation.prompts import chat_text, encode_halves
 from longrag.retrieval.types import Sentence
 
@@ -222,8 +223,8 @@ def split_prompt(tokenizer: Any, document: str, question: str) -> tuple[list[int
 
 
 def cache_bytes(cache: DynamicCache) -> int:
-    """Bytes held by a KV cache's key and value tensors."""
-    return sum(t.numel() * t.element_size() for layer in cache.layers
+    """Bytes held by a KV cache's key and value storage (a growing cache's headroom included)."""
+    return sum(t.untyped_storage().nbytes() for layer in cache.layers
                for t in (layer.keys, layer.values) if t is not None)
 
 
@@ -437,7 +438,7 @@ class CficExtractor:
         cache = self.prefix_cache.get(head) if reuse else None
         cached = cache is not None
         if cache is None:
-            cache = DynamicCache()
+            cache = new_cache()
             if head:
                 self._feed(head, cache)
             if reuse:
