@@ -8,13 +8,19 @@ a verbatim answer). Every method answers the same question from the same target 
 and answer F1 are compared on equal terms:
 
 - ``target``: target-only autoregressive decoding over the long context;
-- ``rapid_eta0`` / ``rapid_eta{E}``: RAPID, drafter = same weights on the retrieved context;
+- ``rapid_eta0`` / ``rapid_eta{E}``: RAPID, drafter = same weights on the retrieved context (its
+  one-token steps on the ``--drafter-weights`` twin, default fp16 as in the product; with fp16 or
+  bf16 also ``rapid_eta{E}_fp32``: the same with the fp32 weights, for comparison);
 - ``self_spec``: naive self-speculation, drafter = same weights on the last N prompt tokens;
 - ``prompt_lookup``: transformers' ``generate(..., prompt_lookup_num_tokens=10)``;
 - ``rag_only``: the drafter alone (retrieved context only);
 - ``hybrid``: n-gram lookup (>= ``--min-ngram`` tokens, default 1) in the drafter's prompt (retrieved
   context + question) first, the LLM drafter otherwise; with ``--min-ngram`` > 1 also
-  ``hybrid_ngram1`` (1-gram matches used too) for comparison.
+  ``hybrid_ngram1`` (1-gram matches used too) for comparison;
+- with ``--sentencekv``: ``skv_target`` (target-only decoding on a SentenceKV cache of the same
+  prompt, the product's ``LONGRAG_SENTENCEKV_*`` settings) and ``rapid_skv_eta0`` /
+  ``rapid_skv_eta{E}`` (RAPID with that SentenceKV target); their ``speedup_vs_skv_target`` compares
+  them with ``skv_target``.
 
 A cost model is measured on each question's own caches (target decode step and verification
 of 2, 4 and gamma + 1 tokens at the question's context length, drafter step at the drafter's) and
@@ -184,6 +190,9 @@ def main() -> None:
     ap.add_argument("--min-ngram", type=int, default=1,
                     help="hybrid: shortest n-gram match used (shorter matches go to the LLM drafter); "
                          "with > 1 the run adds hybrid_ngram1 for comparison")
+    ap.add_argument("--drafter-weights", default="fp16", choices=["fp32", "fp16", "bf16"],
+                    help="the LLM drafter's one-token linear weights (generation/precision.py)")
+    ap.add_argument("--sentencekv", action="store_true", help="also RAPID on a SentenceKV target (and its baseline)")
     ap.add_argument("--self-spec-tokens", type=int, default=0, help="naive drafter window (0: = drafter budget)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--hf-pl-max", type=int, default=2048, help="run transformers' prompt lookup up to this length")
@@ -202,10 +211,14 @@ def main() -> None:
 
     dec = load_decoder(args.decoder)
     tok, model = dec.tokenizer, dec.model
+    dmodel = load_decoder(args.decoder, weights=args.drafter_weights).model  # the LLM drafter
+    compare32 = args.drafter_weights != "fp32"
     embedder = Embedder(load_embedder())
     cfg0 = RapidConfig(gamma=args.gamma, eta=0.0, max_new_tokens=args.max_new_tokens)
-    methods = ["target", "rapid_eta0", *[f"rapid_eta{e:g}" for e in args.etas], "self_spec", "prompt_lookup",
-               "prompt_lookup_hf", "rag_only", "hybrid", "hybrid_ngram1"]
+    methods = ["target", "rapid_eta0", *[f"rapid_eta{e:g}" for e in args.etas],
+               *([f"rapid_eta{args.etas[-1]:g}_fp32"] if compare32 and args.etas else []), "self_spec", "prompt_lookup",
+               "prompt_lookup_hf", "rag_only", "hybrid", "hybrid_ngram1",
+               *(["skv_target", "rapid_skv_eta0", *[f"rapid_skv_eta{e:g}" for e in args.etas]] if args.sentencekv else [])]
     rows: list[dict[str, Any]] = []
     meta = {
         "hardware": hardware(),
@@ -249,7 +262,7 @@ def main() -> None:
                 n_tok = len(res.token_ids)
                 decode_ms = res.total_ms
                 row["methods"][name] = {
-                    "answer": res.text, "em": em, "f1": round(f1, 4), "tokens": n_tok,
+                    "answer": res.text, "em": em, "f1": round(f1, 4), "tokens": n_tok, "token_ids": res.token_ids,
                     "decode_ms": round(decode_ms, 1),
                     "tokens_per_s": round(n_tok / (decode_ms / 1000), 3) if n_tok else 0.0,
                     "steady_tokens": max(0, n_tok - res.first_tokens),
@@ -264,7 +277,7 @@ def main() -> None:
 
             record("target", autoregressive(target, tok, ids, config=cfg0))
             # the drafter's own cache, prefilled once (timed) and reused by every LLM-drafter method
-            dstate = KVState(model)
+            dstate = KVState(dmodel)
             if draft_ids:
                 t0 = time.perf_counter()
                 dstate.prefill(draft_ids)
@@ -272,11 +285,19 @@ def main() -> None:
             for eta in [0.0, *args.etas]:
                 name = "rapid_eta0" if eta == 0 else f"rapid_eta{eta:g}"
                 cfg = RapidConfig(gamma=args.gamma, eta=eta, max_new_tokens=args.max_new_tokens)
-                drafter = LMDrafter(model, draft_ids, min_confidence=args.min_confidence, state=dstate) if draft_ids else None
+                drafter = LMDrafter(dmodel, draft_ids, min_confidence=args.min_confidence, state=dstate) if draft_ids else None
                 record(name, rapid_generate(target, drafter, tok, ids, config=cfg))
-            sstate = KVState(model)
+            if compare32 and args.etas and draft_ids:  # the same drafter with its fp32 weights, same cache
+                cfg = RapidConfig(gamma=args.gamma, eta=args.etas[-1], max_new_tokens=args.max_new_tokens)
+                d32 = LMDrafter(model, draft_ids, min_confidence=args.min_confidence, state=KVState(model))
+                d32.state.prefill(draft_ids)
+                record(f"rapid_eta{args.etas[-1]:g}_fp32", rapid_generate(target, d32, tok, ids, config=cfg))
+                row["cost"] = {"drafter_step_ms_fp32": timed(lambda: (d32.state.feed(ids[-1:]),
+                                                                      d32.state.crop(len(draft_ids) - 1)), 3)}
+                del d32
+            sstate = KVState(dmodel)
             sstate.prefill(self_ids)
-            record("self_spec", rapid_generate(target, LMDrafter(model, self_ids, min_confidence=args.min_confidence,
+            record("self_spec", rapid_generate(target, LMDrafter(dmodel, self_ids, min_confidence=args.min_confidence,
                                                                  state=sstate), tok, ids, config=cfg0))
             del sstate
             # prompt-lookup decoding: n-gram lookup in the whole target prompt (ours, same cache) ...
@@ -298,8 +319,29 @@ def main() -> None:
                     if name == "hybrid_ngram1" and args.min_ngram == 1:
                         continue
                     hyb = HybridDrafter(NgramDrafter(draft_ids, min_ngram=min_n),
-                                        LMDrafter(model, draft_ids, min_confidence=args.min_confidence, state=dstate))
+                                        LMDrafter(dmodel, draft_ids, min_confidence=args.min_confidence, state=dstate))
                     record(name, rapid_generate(target, hyb, tok, ids, config=cfg0))
+            if args.sentencekv:  # the same prompt in a SentenceKV cache (prefilled once, reused by crop)
+                from longrag.config import get_settings
+                from longrag.generation.sentencekv import SentenceKVState
+                from longrag.services.kvcache import skv_config
+
+                t0 = time.perf_counter()
+                sk = SentenceKVState.from_prompt(model, tok, skv_config(get_settings()), ids)
+                row["skv_prefill_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+                row["skv_kv_bytes"] = sk.cache.kv_bytes()
+                res = autoregressive(sk, tok, ids, config=cfg0)
+                record("skv_target", res)
+                for eta in [0.0, *args.etas]:
+                    cfg = RapidConfig(gamma=args.gamma, eta=eta, max_new_tokens=args.max_new_tokens)
+                    drafter = LMDrafter(dmodel, draft_ids, min_confidence=args.min_confidence,
+                                        state=dstate) if draft_ids else None
+                    sk.prefill(ids)
+                    res = rapid_generate(sk, drafter, tok, ids, config=cfg)
+                    record(f"rapid_skv_eta{eta:g}", res)
+                    row["methods"][f"rapid_skv_eta{eta:g}"]["same_as_skv_target"] = (
+                        res.token_ids == row["methods"]["skv_target"]["token_ids"])
+                del sk
             # cost model on this question's caches
             probe = ids[-1:]
             k1 = args.gamma + 1
@@ -313,7 +355,7 @@ def main() -> None:
                 target.crop(len(ids) - 1)
 
             by_k = {k: timed(lambda k=k: verify_step(k), 2) for k in sorted({2, 4, k1})}
-            row["cost"] = {"target_step_ms": timed(step, 3), "verify_ms": by_k[k1],
+            row["cost"] = {**row.get("cost", {}), "target_step_ms": timed(step, 3), "verify_ms": by_k[k1],
                            "verify_ms_by_k": {str(k): v for k, v in by_k.items()}}
             if draft_ids:
                 dl = len(dstate.tokens)
@@ -366,14 +408,20 @@ def summarise(rows: list[dict], methods: list[str], gamma: int) -> dict[str, Any
             per[m] = d
         base = per.get("target", {}).get("tokens_per_s")
         sbase = per.get("target", {}).get("steady_tokens_per_s")
+        kbase = per.get("skv_target", {}).get("tokens_per_s")
+        for m, d in per.items():
+            if kbase and m.startswith(("rapid_skv", "skv_target")) and d["tokens_per_s"]:
+                d["speedup_vs_skv_target"] = round(d["tokens_per_s"] / kbase, 3)
         for m, d in per.items():
             d["speedup_vs_target"] = round(d["tokens_per_s"] / base, 3) if base and d["tokens_per_s"] else None
             d["steady_speedup_vs_target"] = round(d["steady_tokens_per_s"] / sbase, 3) if sbase else None
-        cost = {k: _mean(r["cost"].get(k) for r in rs) for k in ("target_step_ms", "verify_ms", "drafter_step_ms")}
+        cost = {k: _mean(r["cost"].get(k) for r in rs)
+                for k in ("target_step_ms", "verify_ms", "drafter_step_ms", "drafter_step_ms_fp32")}
         pred = {}
         for m in ("rapid_eta0", "hybrid", "hybrid_ngram1", *[x for x in methods if x.startswith("rapid_eta") and x != "rapid_eta0"]):
             d = per.get(m)
-            if not d or not d.get("drafted_per_round") or not cost["drafter_step_ms"]:
+            dstep = cost["drafter_step_ms_fp32"] if m.endswith("_fp32") else cost["drafter_step_ms"]
+            if not d or not d.get("drafted_per_round") or not dstep:
                 continue
             # tokens per round = accepted + 1; cost per round = drafted * drafter step (n-gram rounds ~0)
             # + one verification; speed-up = target step * tokens per round / cost per round
@@ -381,7 +429,7 @@ def summarise(rows: list[dict], methods: list[str], gamma: int) -> dict[str, Any
             if m.startswith("hybrid"):
                 ng = sum(r["methods"][m].get("ngram_rounds", 0) for r in rs if m in r["methods"])
                 llm_share = 1 - ng / max(1, sum(r["methods"][m].get("rounds", 0) for r in rs if m in r["methods"]))
-            per_round = d["drafted_per_round"] * cost["drafter_step_ms"] * llm_share + verify_cost(rs, d["drafted_per_round"] + 1)
+            per_round = d["drafted_per_round"] * dstep * llm_share + verify_cost(rs, d["drafted_per_round"] + 1)
             pred[m] = round(cost["target_step_ms"] * (d["mean_accepted"] + 1) / per_round, 3)
         out[str(length)] = {"methods": per, "cost_ms": cost, "predicted_speedup": pred}
     out["crossover"] = crossover(out, gamma)

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
 
     # RAPID (docs/rapid.md): retrieval-augmented speculative decoding, mode `rapid`
     rapid_drafter: str | None = None  # drafter decoder (registry name / path); None: the target's own weights
+    # drafter weights: fp16 keeps a half-precision copy of the linear weights for one-token steps
+    # (fp32 weights still serve prefill blocks; measured faster at 8k: bench/rapid.py) | bf16 | fp32
+    rapid_drafter_weights: str = "fp16"
     rapid_drafter_kind: str = "hybrid"  # llm | hybrid (n-gram lookup in the retrieved context, else llm) | ngram
     rapid_gamma: int = 10  # most tokens drafted per verification
     rapid_eta: float = 0.0  # knowledge transfer strength (0 = lossless speculative decoding)

@@ -223,8 +223,15 @@ _decoders: dict[str, Decoder] = {}
 _embedders: dict[str, Any] = {}
 
 
-def load_decoder(name: str | None = None, *, device: str | None = None) -> Decoder:
-    """Load (once per process) a decoder by registry name, hub id or local path."""
+def load_decoder(name: str | None = None, *, device: str | None = None, weights: str | None = None) -> Decoder:
+    """Load (once per process) a decoder by registry name, hub id or local path.
+
+    ``weights``: ``None`` / ``fp32`` = as loaded; ``fp16`` / ``bf16`` = a twin of the loaded
+    model whose one-token steps use half-precision linear weights (generation/precision.py; the
+    other tensors are shared), for drafting. On a non-fp32 (GPU) model the model as loaded.
+    """
+    if weights not in (None, "fp32"):
+        return _half_weight_decoder(load_decoder(name, device=device), weights)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -249,6 +256,25 @@ def load_decoder(name: str | None = None, *, device: str | None = None) -> Decod
     _decoders[key] = dec
     log.info("loaded decoder %s on %s in %.2fs", name, device, dec.load_seconds)
     return dec
+
+
+def _half_weight_decoder(base: Decoder, weights: str) -> Decoder:
+    import torch
+
+    from longrag.generation.precision import DTYPES, half_weight_twin
+
+    if weights not in DTYPES:
+        raise ValueError(f"decoder weights must be fp32, {' or '.join(DTYPES)}; got {weights!r}")
+    if next(base.model.parameters()).dtype != torch.float32:
+        return base
+    key = f"{base.name}@{base.device}:{weights}"
+    if key not in _decoders:
+        t0 = time.perf_counter()
+        twin = half_weight_twin(base.model, weights)
+        _decoders[key] = Decoder(base.name, twin, base.tokenizer, base.context_window, base.device,
+                                 time.perf_counter() - t0, {"weights": weights})
+        log.info("built %s linear weights for %s in %.2fs", weights, base.name, _decoders[key].load_seconds)
+    return _decoders[key]
 
 
 def load_embedder(name: str | None = None, *, device: str | None = None, backend: str | None = None) -> Any:

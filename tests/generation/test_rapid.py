@@ -327,6 +327,7 @@ def test_rapid_mode_answers_with_stats_evidence_and_streaming(tiny_decoder_dir):
     for key in ("acceptance_rate", "mean_accepted", "drafted", "accepted"):
         assert key in ans.stats
     assert ans.stats["drafted"] > 0 and 0 <= ans.stats["acceptance_rate"] <= 1
+    assert ans.stats["drafter_weights"] == "fp16"  # the default: half-precision one-token drafter steps
     budget = ans.stats["drafter_budget_tokens"]
     assert budget == max(64, -(-ans.stats["context_tokens"] // 24))
     assert 0 < ans.stats["drafter_context_tokens"] <= budget < ans.stats["context_tokens"]
@@ -343,9 +344,11 @@ def test_rapid_mode_empty_retrieval_and_bad_options(tiny_decoder_dir):
     ans = pipe.ask(Question("Who was the Norman leader?", mode="rapid", max_new_tokens=6,
                             options={"threshold": 2.0}))
     assert ans.stats["fallback_target_only"] and ans.stats["drafted"] == 0 and ans.stats["drafter"] is None
-    for bad in ({"gamma": 0}, {"eta": -1}, {"drafter": "oracle"}, {"gamma": "many"}):
+    for bad in ({"gamma": 0}, {"eta": -1}, {"drafter": "oracle"}, {"gamma": "many"}, {"drafter_weights": "int2"}):
         with pytest.raises(InvalidRequestError):
             pipe.ask(Question("Who was the Norman leader?", mode="rapid", options=bad))
+    with pytest.raises(InvalidRequestError, match="kv"):
+        pipe.ask(Question("Who was the Norman leader?", mode="rapid", kv="paged"))
     odd = _pipe(tiny_decoder_dir, rapid_min_ngram=4, rapid_max_ngram=3)
     with pytest.raises(InvalidRequestError, match="MIN_NGRAM"):
         odd.ask(Question("Who was the Norman leader?", mode="rapid", max_new_tokens=4))
@@ -365,6 +368,31 @@ def test_rapid_mode_with_another_same_tokenizer_drafter(tiny_decoder_dir, other_
     assert ans.stats["drafter_model"] == str(other_dir)
     full = pipe.ask(Question("Who was the Norman leader?", mode="full", max_new_tokens=8, kv="full"))
     assert ans.answer == full.answer  # lossless at eta = 0, greedy
+
+
+def test_rapid_mode_fp32_drafter_weights_give_the_same_greedy_answer(tiny_decoder_dir):
+    pipe = _pipe(tiny_decoder_dir)
+    opts = {"budget_tokens": 64, "threshold": 0.0, "drafter": "llm"}
+    q = "Who was the Norman leader?"
+    a32 = pipe.ask(Question(q, mode="rapid", max_new_tokens=10, options={**opts, "drafter_weights": "fp32"}))
+    a16 = pipe.ask(Question(q, mode="rapid", max_new_tokens=10, options={**opts, "drafter_weights": "fp16"}))
+    assert (a32.stats["drafter_weights"], a16.stats["drafter_weights"]) == ("fp32", "fp16")
+    assert a32.answer == a16.answer and a32.stats["drafted"] > 0
+
+
+def test_rapid_mode_on_a_sentencekv_target_answers_as_sentencekv_decoding(tiny_decoder_dir):
+    pipe = _pipe(tiny_decoder_dir, sentencekv_budget=64, sentencekv_sink=8, sentencekv_recent=8)
+    q = "Who was the Norman leader?"
+    ans = pipe.ask(Question(q, mode="rapid", max_new_tokens=10, kv="sentencekv",
+                            options={"budget_tokens": 64, "threshold": 0.0, "drafter": "llm"}))
+    assert ans.stats["kv"] == "sentencekv" and ans.stats["kv_compressed"] and ans.stats["drafted"] > 0
+    assert ans.stats["kv_bytes"] < ans.stats["kv_bytes_full"]
+    full = pipe.ask(Question(q, mode="full", max_new_tokens=10, kv="sentencekv"))
+    assert full.stats["kv"] == "sentencekv" and full.stats["kv_cache_reused"]  # the document's stored cache
+    assert ans.answer == full.answer  # greedy, eta = 0: exactly SentenceKV's own decoding
+    # a short context stays on the full cache by default (SentenceKV only above its minimum context)
+    short = pipe.ask(Question(q, mode="rapid", max_new_tokens=4, options={"threshold": 0.0}))
+    assert short.stats["kv"] == "full"
 
 
 # -- real model --------------------------------------------------------------------------------
@@ -395,3 +423,8 @@ def test_smollm2_rapid_greedy_matches_target_and_accepts_most_drafts():
     pulled = rapid_generate(target, LMDrafter(model, draft_ids, state=dstate), tok, ids,
                             config=RapidConfig(max_new_tokens=16, eta=5.0))
     assert pulled.acceptance_rate >= res.acceptance_rate, (pulled.stats(), res.stats())
+    # the fp16-weight twin (the product's default drafter) is still lossless and mostly accepted
+    twin = load_decoder("smollm2-135m-instruct", weights="fp16").model
+    half = rapid_generate(target, LMDrafter(twin, draft_ids), tok, ids, config=RapidConfig(max_new_tokens=16))
+    assert half.token_ids == ref.token_ids
+    assert half.acceptance_rate >= 0.8 * res.acceptance_rate, (half.stats(), res.stats())

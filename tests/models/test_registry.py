@@ -40,6 +40,17 @@ def test_local_path_decoder_loads_once(tiny_decoder_dir):
 
 
 @pytest.mark.integration
+def test_half_weight_drafter_twin_is_built_once_and_shares_the_tokenizer(tiny_decoder_dir):
+    base = registry.load_decoder(str(tiny_decoder_dir), device="cpu")
+    assert registry.load_decoder(str(tiny_decoder_dir), device="cpu", weights="fp32") is base
+    twin = registry.load_decoder(str(tiny_decoder_dir), device="cpu", weights="fp16")
+    assert twin is registry.load_decoder(str(tiny_decoder_dir), device="cpu", weights="fp16")
+    assert twin.model is not base.model and twin.tokenizer is base.tokenizer
+    assert twin.extra["weights"] == "fp16"
+    with pytest.raises(ValueError, match="weights"):
+        registry.load_decoder(str(tiny_decoder_dir), device="cpu", weights="int3")
+
+
 def test_bundled_decoders_load_from_cache_quickly():
     import time
 

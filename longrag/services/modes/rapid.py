@@ -8,7 +8,13 @@ drafter proposes up to ``gamma`` tokens, the target verifies them in one pass.
 
 Options (``Question.options``, else settings ``LONGRAG_RAPID_*``): ``gamma``, ``eta``,
 ``temperature``, ``drafter`` (``llm`` | ``hybrid`` | ``ngram``), ``budget_tokens``,
-``threshold``, ``min_confidence``.
+``threshold``, ``min_confidence``, ``drafter_weights`` (``fp16`` | ``bf16`` | ``fp32``: the
+drafter's one-token steps on half-precision linear weights, generation/precision.py).
+
+``Question.kv``: ``full`` | ``sentencekv`` | None (SentenceKV when the target's context is longer
+than ``LONGRAG_SENTENCEKV_MIN_CONTEXT``, as in the ``full`` mode). With SentenceKV the target's
+prompt comes from the document's stored SentenceKV cache (services/kvcache.py) and each draft is
+verified position by position as SentenceKV decodes (greedy output = SentenceKV's own).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 
 from longrag.errors import InvalidRequestError
 from longrag.generation.decoding import TokenCallback
+from longrag.generation.precision import WEIGHTS, weights_of
 from longrag.generation.prompts import answer_messages, encode_chat
 from longrag.generation.rapid import (
     HybridDrafter,
@@ -32,7 +39,9 @@ from longrag.generation.rapid import (
     rapid_generate,
     retrieve_context,
 )
+from longrag.generation.sentencekv import SentenceKVError
 from longrag.retrieval.types import Hit
+from longrag.services.kvcache import DocumentKVCache, context_window_tokens, doc_window
 from longrag.services.qa import Answer, QAPipeline, Question, ground, register_mode
 
 log = logging.getLogger(__name__)
@@ -40,18 +49,21 @@ log = logging.getLogger(__name__)
 DRAFTERS = ("llm", "hybrid", "ngram")
 
 
-def load_drafter(pipe: QAPipeline) -> Any:
-    """The drafter decoder: the target itself unless ``LONGRAG_RAPID_DRAFTER`` names another.
+def load_drafter(pipe: QAPipeline, weights: str = "fp32") -> Any:
+    """The drafter decoder: the target's own weights unless ``LONGRAG_RAPID_DRAFTER`` names another;
+    with ``weights`` fp16 / bf16 its half-precision-weight twin (registry, built once per process).
 
     Raises:
-        InvalidRequestError: the configured drafter's tokenizer differs from the target's.
+        InvalidRequestError: unknown ``weights``, or the drafter's tokenizer differs from the target's.
     """
-    name = pipe.settings.rapid_drafter
-    if not name or name == pipe.decoder_name:
-        return pipe.decoder
     from longrag.models.registry import load_decoder
 
-    drafter = load_decoder(name)
+    if weights not in WEIGHTS:
+        raise InvalidRequestError(f"unknown drafter weights {weights!r}; choose from {list(WEIGHTS)}")
+    name = pipe.settings.rapid_drafter
+    if not name or name == pipe.decoder_name:
+        return load_decoder(pipe.decoder_name, weights=weights) if weights != "fp32" else pipe.decoder
+    drafter = load_decoder(name, weights=weights)
     try:
         check_same_tokenizer(pipe.decoder.tokenizer, drafter.tokenizer)
     except ValueError as exc:
@@ -101,8 +113,8 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
     """Long-context target + retrieval-context drafter, speculative decoding."""
     t0 = time.perf_counter()
     s = pipe.settings
-    if q.kv == "sentencekv":
-        raise InvalidRequestError("the rapid mode keeps a full KV cache for the target; kv='sentencekv' is not supported")
+    if q.kv not in (None, "full", "sentencekv"):
+        raise InvalidRequestError(f"unknown kv {q.kv!r}; choose from ['full', 'sentencekv']")
     drafter_kind = str(q.options.get("drafter", s.rapid_drafter_kind) if q.options else s.rapid_drafter_kind)
     if drafter_kind not in DRAFTERS:
         raise InvalidRequestError(f"unknown drafter {drafter_kind!r}; choose from {list(DRAFTERS)}")
@@ -129,6 +141,10 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
     text = pipe.corpus.text(doc_id)
     anchor = next((h.start for h in hits if h.doc_id == doc_id), 0)
     start, end, window_tokens, doc_tokens = _window(pipe, q, text, anchor)
+    kv = q.kv or ("sentencekv" if window_tokens > s.sentencekv_min_context else "full")
+    if kv == "sentencekv" and (start, end) != (0, len(text)):  # the window the document's stored caches use
+        w = doc_window(pipe.decoder.tokenizer, text, context_window_tokens(s, pipe.decoder), anchor_char=anchor)
+        start, end, window_tokens = w.start, w.end, w.tokens
     context = text[start:end]
 
     # Retrieval over the window's own 512-token chunks, scored by the corpus's dense index.
@@ -136,7 +152,8 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
     n_doc_chunks = len(pipe.corpus.store.chunk_ids_for([doc_id]))
     doc_hits = pipe.corpus.search(q.text, k=max(1, n_doc_chunks), doc_ids=[doc_id])
     target = pipe.decoder
-    drafter_dec = load_drafter(pipe)
+    weights = str(q.options.get("drafter_weights", s.rapid_drafter_weights) if q.options else s.rapid_drafter_weights)
+    drafter_dec = load_drafter(pipe, weights)
     retrieved: RetrievedContext = retrieve_context(
         context, target.tokenizer, overlap_scorer(doc_hits, start),
         chunk_tokens=s.rapid_chunk_tokens, budget_tokens=budget_tokens, threshold=threshold,
@@ -144,6 +161,21 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
     r_ms += (time.perf_counter() - t1) * 1000
 
     target_ids = encode_chat(target.tokenizer, answer_messages(q.text, context))
+    state: Any = KVState(target.model)
+    kv_stats: dict[str, Any] = {"kv": "full"}
+    prep_ms = 0.0
+    if kv == "sentencekv":
+        store = DocumentKVCache(s, target)
+        try:
+            prompt = store.prepare(doc_id, (start, end), context, q.text)
+        except SentenceKVError as exc:
+            if q.kv == "sentencekv":
+                raise InvalidRequestError(f"SentenceKV cannot serve this request: {exc}") from exc
+            kv_stats["kv_fallback"] = str(exc)
+            log.info("rapid: SentenceKV not used (%s); full KV cache", exc)
+        else:
+            state, target_ids = prompt.state(target.model), prompt.ids
+            prep_ms = (time.perf_counter() - prompt.t0) * 1000
     drafter = None
     draft_ids: list[int] = []
     if not retrieved.empty:
@@ -153,13 +185,15 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
         drafter = {"llm": llm, "ngram": ngram, "hybrid": HybridDrafter(ngram, llm)}[drafter_kind]
     else:
         log.info("rapid: retrieval kept no chunk over threshold %.2f; target-only decoding", threshold)
-    gen = rapid_generate(KVState(target.model), drafter, target.tokenizer, target_ids, config=config, on_token=on_token)
+    gen = rapid_generate(state, drafter, target.tokenizer, target_ids, config=config, on_token=on_token)
+    if kv == "sentencekv" and "kv_fallback" not in kv_stats:
+        kv_stats = store.stats(prompt, prompt.cache.peak_prefill_bytes)
 
     used_hits = [h for h in doc_hits if any(c.start + start < h.end and c.end + start > h.start for c in retrieved.chunks)]
     evidence_hits = sorted(used_hits or [h for h in hits if h.doc_id == doc_id] or hits, key=lambda h: -h.score)
     timings = {
         "retrieval_ms": round(r_ms, 2),
-        "ttft_ms": round(r_ms + gen.ttft_ms, 2),
+        "ttft_ms": round(r_ms + prep_ms + gen.ttft_ms, 2),
         "total_ms": round((time.perf_counter() - t0) * 1000, 2),
         "tokens_per_s": round(gen.tokens_per_s, 2),
     }
@@ -168,6 +202,7 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
         "doc_id": doc_id,
         "drafter": drafter_kind if drafter is not None else None,
         "drafter_model": drafter_dec.name,
+        "drafter_weights": weights_of(drafter_dec.model) if drafter is not None else None,
         "gamma": config.gamma,
         "eta": config.eta,
         "temperature": config.temperature,
@@ -181,6 +216,6 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
         "prompt_tokens": gen.prompt_tokens,
         "drafter_prompt_tokens": len(draft_ids),
         "generated_tokens": len(gen.token_ids),
-        "kv": "full",
+        **kv_stats,
     }
     return Answer(gen.text, ground(gen.text, evidence_hits, pipe.corpus, question=q.text), timings, stats, "rapid")
