@@ -268,6 +268,19 @@ class Draft:
     source: str = "llm"
 
 
+class TargetState(Protocol):
+    """What the speculative loop needs of the target's cache: :class:`KVState`, or
+    :class:`longrag.generation.sentencekv.SentenceKVState` for a SentenceKV target."""
+
+    tokens: list[int]
+
+    def prefill(self, seq: Sequence[int]) -> None: ...
+
+    def advance(self, seq: Sequence[int], *, extra: Sequence[int] = (), keep: int = 1) -> torch.Tensor: ...
+
+    def crop(self, length: int) -> None: ...
+
+
 class Drafter(Protocol):
     def propose(self, generated: Sequence[int], gamma: int, *, temperature: float,
                 generator: torch.Generator | None) -> Draft: ...
@@ -576,14 +589,14 @@ def check_same_tokenizer(target_tokenizer: Any, drafter_tokenizer: Any) -> None:
 
 
 def autoregressive(
-    target: KVState,
+    target: TargetState,
     tokenizer: Any,
     prompt_ids: Sequence[int],
     *,
     config: RapidConfig = RapidConfig(),
     on_token: TokenCallback | None = None,
 ) -> RapidResult:
-    """Target-only decoding on a :class:`KVState` (the fallback and the baseline)."""
+    """Target-only decoding on a :class:`TargetState` (the fallback and the baseline)."""
     t0 = time.perf_counter()
     prompt = list(prompt_ids)
     stops = stop_token_ids(tokenizer)
@@ -621,7 +634,7 @@ def _result(tokenizer: Any, out: list[int], prompt: list[int], t0: float, ttft: 
 
 
 def rapid_generate(
-    target: KVState,
+    target: TargetState,
     drafter: Drafter | None,
     tokenizer: Any,
     prompt_ids: Sequence[int],
@@ -632,7 +645,8 @@ def rapid_generate(
     """Speculative decoding: ``drafter`` proposes, ``target`` (long context) verifies.
 
     Args:
-        target: the target's :class:`KVState` (may already hold a prefix of ``prompt_ids``).
+        target: the target's :class:`KVState` (may already hold a prefix of ``prompt_ids``) or
+            :class:`~longrag.generation.sentencekv.SentenceKVState` (holding ``prompt_ids``).
         drafter: a :class:`LMDrafter`, :class:`NgramDrafter` or :class:`HybridDrafter`;
             ``None`` falls back to target-only decoding.
         tokenizer: the shared tokenizer (stop tokens, streaming).

@@ -22,11 +22,14 @@ Phases of one cache:
 2. **Append** (a forward with several tokens after the prefill, e.g. a question after a cached
    document): the new tokens attend to every retained token and causally to each other; they
    are stored and segmented into sentences too.
-3. **Decode** (one token per forward): per layer, the mean query of the tokens generated so far
+3. **Decode** (generated tokens): per layer, the mean query of the tokens generated so far
    in the current sentence scores every sentence vector per head; per KV head the best
    sentences are taken until ``tau`` tokens are filled; attention runs over those plus the
    sink, the recent tokens and the current sentence. Re-selected at every step; when a
-   generated sentence ends it becomes a new bucket and the mean query restarts.
+   generated sentence ends it becomes a new bucket and the mean query restarts. A block of
+   generated tokens in one forward (speculative verification, RAPID) is attended position by
+   position exactly as if fed one at a time (the linear layers still run once on the block),
+   and :meth:`SentenceKVCache.crop` takes generated tokens back (rejected drafts).
 
 On CUDA the retained KV lives in pinned host memory, the sentence vectors on the GPU, and the
 selected rows are gathered on the host and copied in on a side stream (K is copied while V is
@@ -182,6 +185,7 @@ class SentenceKVLayer(CacheLayerMixin):
         self.kcount: torch.Tensor | None = None  # [H, S] float32
         self.qsum: torch.Tensor | None = None  # [Hq, D] float32: current generated sentence
         self.qn = 0
+        self.gen_q: list[tuple[int, torch.Tensor]] = []  # (position, query [Hq, D]) per generated token
 
     # CacheLayerMixin interface ------------------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -215,6 +219,26 @@ class SentenceKVLayer(CacheLayerMixin):
 
     def get_max_length(self) -> int:
         return -1
+
+    def crop(self, length: int) -> int:
+        """Drop the rows of positions >= ``length`` (appended after the prompt); return how many."""
+        self.seen = min(self.seen, length)
+        self.gen_q = [(p, q) for p, q in self.gen_q if p < length]
+        if not self.compressed:
+            if self.keys is not None and self.keys.shape[-2] > length:
+                self.keys, self.values = self.keys[..., :length, :], self.values[..., :length, :]
+            return 0
+        drop = int((self.pos[0, : self.size] >= length).sum())
+        if drop:
+            first_sid = int(self.sid[0, self.size - drop : self.size].min())
+            self.size -= drop
+            # rebuild the touched sentences' vectors from the rows kept (same order of additions)
+            self.ksum[:, first_sid:].zero_()
+            self.kcount[:, first_sid:].zero_()
+            keep = torch.nonzero(self.sid[0, : self.size] >= first_sid).view(-1)
+            if keep.numel():
+                self.add_sentence_keys(self.sid[0, keep].to(self.ksum.device), self.keys[:, keep].to(self.ksum.device))
+        return drop
 
     # store helpers -------------------------------------------------------------------------------
     def kv_bytes(self) -> int:
@@ -285,6 +309,17 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, *, 
 
 
 # -- the cache ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class GenStep:
+    """Where one generated token stands: its sentence, that sentence's first position, the number
+    of sentences counting it, and whether it opens the sentence (the mean query restarts)."""
+
+    sid: int
+    start: int
+    n_sentences: int
+    opens: bool
+
+
 @dataclass
 class SelectionStats:
     """Where decode time goes (accumulated over steps, milliseconds)."""
@@ -324,6 +359,9 @@ class SentenceKVCache(Cache):
         self.gen_len = 0
         self.gen_start = 0  # position of the open generated sentence's first token
         self.pinned_from = -1  # tokens at positions >= this are always attended (appended block)
+        self._gen_pending: list[GenStep] | None = None  # the generated tokens of the next forward
+        self.fixed_tokens = 0  # prompt + appended question: crop never goes below
+        self._gen_log: list[tuple[int, int | None, int, int, int]] = []  # state before each generated token
         self._pending_ids: list[int] = []
         self._pending_sid: torch.Tensor | None = None
         self.prompt_tokens = 0
@@ -338,24 +376,39 @@ class SentenceKVCache(Cache):
         sids = segment_sentences(ids, self.boundaries, self.skv.sentence_cap)
         self.token_sid = sids.tolist()
         self.n_sentences = int(sids[-1]) + 1 if sids.size else 0
-        self.prompt_tokens = len(ids)
+        self.prompt_tokens = self.fixed_tokens = len(ids)
         self.full = len(ids) <= self.skv.full_kv_limit
         self._pending_ids = list(ids)
         self._pending_sid = torch.as_tensor(sids)
 
     def begin_append(self, ids: Sequence[int], *, generated: bool = False) -> None:
-        """Announce the tokens of the next forward after the prefill (question or generated)."""
+        """Announce the tokens of the next forward after the prefill (question or generated).
+
+        Generated tokens may come several at a time (a draft being verified): each is attended
+        as in its own decode step; a sentence they end closes after them.
+        """
+        self._gen_pending = None
+        if not generated:
+            self.fixed_tokens = self.get_seq_length() + len(ids)
         if self.full:
             self.token_sid.extend([-1] * len(ids))
             return
         if generated:
-            assert len(ids) == 1
-            if self.gen_sentence is None:
-                self.gen_sentence = self.n_sentences
-                self.gen_start = self.get_seq_length()
-                self.n_sentences += 1
-                self.gen_len = 0
-            sid = [self.gen_sentence]
+            pos = self.get_seq_length()
+            steps = []
+            for tok in ids:
+                self._gen_log.append((pos, self.gen_sentence, self.gen_len, self.gen_start, self.n_sentences))
+                opens = self.gen_sentence is None
+                if opens:
+                    self.gen_sentence, self.gen_start, self.gen_len = self.n_sentences, pos, 0
+                    self.n_sentences += 1
+                steps.append(GenStep(self.gen_sentence, self.gen_start, self.n_sentences, opens))
+                self.gen_len += 1
+                if int(tok) in self.boundaries or self.gen_len >= self.skv.sentence_cap:
+                    self.gen_sentence = None
+                pos += 1
+            sid = [st.sid for st in steps]
+            self._gen_pending = steps
         else:
             local = segment_sentences(ids, self.boundaries, self.skv.sentence_cap)
             sid = (local + self.n_sentences).tolist()
@@ -365,15 +418,29 @@ class SentenceKVCache(Cache):
         self._pending_ids = list(ids)
         self._pending_sid = torch.as_tensor(sid, dtype=torch.long)
 
-    def end_generated_token(self, token_id: int) -> None:
-        """After a generated token's forward: close its sentence at a boundary / max length."""
-        if self.full or self.gen_sentence is None:
+    @torch.inference_mode()
+    def crop(self, length: int) -> None:
+        """Take back every token from position ``length`` on (generated tokens only: a rejected
+        draft); the cache is then exactly as if they had never been fed."""
+        if length >= self.get_seq_length():
             return
-        self.gen_len += 1
-        if token_id in self.boundaries or self.gen_len >= self.skv.sentence_cap:
-            self.gen_sentence = None
-            for layer in self.layers:
+        if length < self.fixed_tokens:
+            raise SentenceKVError(f"crop({length}) would cut into the prompt or question ({self.fixed_tokens} tokens)")
+        log_at = next((i for i, e in enumerate(self._gen_log) if e[0] >= length), None)
+        if not self.full:
+            if log_at is None or self._gen_log[log_at][0] != length:
+                raise SentenceKVError(f"crop({length}): only generated tokens can be taken back")
+            _, self.gen_sentence, self.gen_len, self.gen_start, self.n_sentences = self._gen_log[log_at]
+            del self._gen_log[log_at:]
+        del self.token_sid[length:]
+        for layer in self.layers:
+            layer.crop(length)
+            if self.gen_sentence is None:
                 layer.qsum, layer.qn = None, 0
+            else:  # the open sentence's mean query over the generated tokens kept
+                qs = [q for p, q in layer.gen_q if p >= self.gen_start]
+                layer.qsum = torch.stack(qs).sum(0) if qs else None
+                layer.qn = len(qs)
 
     # -- accounting ------------------------------------------------------------------------------
     def kv_bytes(self) -> int:
@@ -496,17 +563,23 @@ class SentenceKVCache(Cache):
         layer.add_sentence_keys(sid, k)
 
     def _sentence_rows(self, layer: SentenceKVLayer, qbar: torch.Tensor, store_pos: torch.Tensor,
-                       total: int) -> torch.Tensor:
-        """Rows ``[H, size]`` to attend: best sentences per head up to tau, plus the always-kept."""
+                       total: int, step: GenStep | None = None) -> torch.Tensor:
+        """Rows ``[H, size]`` to attend: best sentences per head up to tau, plus the always-kept.
+
+        ``step``: the generated token being attended (default: the cache's current state).
+        """
         cfg = self.skv
-        n_sent = self.n_sentences
+        if step is None:
+            n_sent, open_sid, open_start = self.n_sentences, self.gen_sentence, self.gen_start
+        else:
+            n_sent, open_sid, open_start = step.n_sentences, step.sid, step.start
         h, _, d = layer.ksum.shape
         counts = layer.kcount[:, :n_sent]
         # q_bar . mean(k) == (q_bar . sum(k)) / count: divides [H, S], not [H, S, D]
         score = torch.einsum("hgd,hsd->hs", qbar.view(h, -1, d), layer.ksum[:, :n_sent]) / counts.clamp(min=1)
         blocked = counts == 0
-        if self.gen_sentence is not None:
-            blocked[:, self.gen_sentence] = True  # the open sentence is always attended anyway
+        if open_sid is not None:
+            blocked[:, open_sid] = True  # the open sentence is always attended anyway
         score = score.masked_fill(blocked, float("-inf"))
         order = torch.argsort(score, dim=1, descending=True)
         sorted_counts = torch.gather(counts.masked_fill(blocked, 0), 1, order)
@@ -518,29 +591,43 @@ class SentenceKVCache(Cache):
         tail = total - cfg.recent
         if self.pinned_from >= 0:
             tail = min(tail, self.pinned_from)
-        if self.gen_sentence is not None:
-            tail = min(tail, self.gen_start)
+        if open_sid is not None:
+            tail = min(tail, open_start)
         return torch.gather(chosen, 1, store_sid) | (store_pos < cfg.sink) | (store_pos >= tail)
 
-    def attend_decode(self, layer_idx: int, query: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
-                      scaling: float) -> torch.Tensor:
+    def attend_generated(self, layer_idx: int, query: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
+                         scaling: float) -> torch.Tensor:
+        """Generated tokens (one, or a draft being verified), each attended as in its own decode step."""
+        steps = self._gen_pending
+        t = k_new.shape[-2]
+        if steps is None or len(steps) != t:
+            raise SentenceKVError("generated tokens must be announced with begin_append(..., generated=True)")
+        first = self.layers[layer_idx].seen - t
+        outs = [self._attend_step(layer_idx, query[:, :, i : i + 1], k_new[:, :, i : i + 1], v_new[:, :, i : i + 1],
+                                  scaling, first + i, steps[i]) for i in range(t)]
+        return outs[0] if t == 1 else torch.cat(outs, dim=2)
+
+    def _attend_step(self, layer_idx: int, query: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
+                     scaling: float, position: int, step: GenStep) -> torch.Tensor:
         """One generated token: rank sentences with the current sentence's mean query, attend."""
         layer: SentenceKVLayer = self.layers[layer_idx]
         cfg = self.skv
         timing = self.timing
         t0 = time.perf_counter() if timing else 0.0
-        self._store_new(layer, k_new[0], v_new[0])
+        layer.append_rows(k_new[0], v_new[0], torch.tensor([position]), torch.tensor([step.sid]))
+        layer.add_sentence_keys(torch.tensor([step.sid]), k_new[0])
         dev = query.device
         q = query[0, :, 0, :].float()  # [Hq, D]
-        layer.qsum = q.clone() if layer.qsum is None else layer.qsum + q
-        layer.qn += 1
+        layer.gen_q.append((position, q))
+        layer.qsum = q.clone() if (step.opens or layer.qsum is None) else layer.qsum + q
+        layer.qn = 1 if step.opens else layer.qn + 1
         h = layer.ksum.shape[0]
         group = q.shape[0] // h
         size = layer.size
         store_pos = layer.pos[:, :size].to(dev, non_blocking=True)
-        total = layer.seen
+        total = position + 1
         if cfg.policy == "sentencekv":
-            row = self._sentence_rows(layer, layer.qsum / layer.qn, store_pos, total)
+            row = self._sentence_rows(layer, layer.qsum / layer.qn, store_pos, total, step)
         elif cfg.policy == "snapkv":
             row = store_pos >= 0
         else:
@@ -639,7 +726,7 @@ class SentenceKVCache(Cache):
         cache = cls(config, SentenceKVConfig(**meta["skv"]), boundaries, offload=offload, timing=timing)
         cache.full = bool(meta["full"])
         cache.n_sentences = int(meta["n_sentences"])
-        cache.prompt_tokens = int(meta["prompt_tokens"])
+        cache.prompt_tokens = cache.fixed_tokens = int(meta["prompt_tokens"])
         cache.token_sid = tensors["token_sid"].tolist()
         device = torch.device(device)
         store_dev = torch.device("cpu") if (offload and device.type == "cuda") else device
@@ -690,10 +777,10 @@ def sentencekv_attention_forward(module: torch.nn.Module, query: torch.Tensor, k
         if layer.seen >= cache.prompt_tokens:  # the prompt's last chunk: compress this layer now
             cache.compress_layer(module.layer_idx, query, key, value)
         return out, None
-    if query.shape[2] > 1:
-        out = cache.attend_append(module.layer_idx, query, key, value, scale)
+    if cache._gen_pending is not None:
+        out = cache.attend_generated(module.layer_idx, query, key, value, scale)
     else:
-        out = cache.attend_decode(module.layer_idx, query, key, value, scale)
+        out = cache.attend_append(module.layer_idx, query, key, value, scale)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -777,17 +864,87 @@ def feed_prompt(model: Any, cache: SentenceKVCache, ids: Sequence[int]) -> torch
 
 
 @torch.inference_mode()
-def append(model: Any, cache: SentenceKVCache, ids: Sequence[int], *, generated: bool = False) -> torch.Tensor:
-    """Feed more tokens (a question after a cached document, or one generated token)."""
+def append(model: Any, cache: SentenceKVCache, ids: Sequence[int], *, generated: bool = False,
+           keep: int = 1) -> torch.Tensor:
+    """Feed more tokens (a question after a cached document, or generated tokens: one per decode
+    step, or a draft to verify); return the logits of the last ``keep`` positions ``[keep, vocab]``."""
     if cache.get_seq_length() == 0:
         return prefill(model, cache, ids)
     cache.begin_append(ids, generated=generated)
     x = torch.tensor([list(ids)], dtype=torch.long, device=_device(model))
-    with sentencekv_attention(model):
-        out = model(input_ids=x, cache=cache, use_cache=True, logits_to_keep=1, sentencekv=cache)
-    if generated:
-        cache.end_generated_token(int(ids[0]))
-    return out.logits[:, -1, :]
+    try:
+        with sentencekv_attention(model):
+            out = model(input_ids=x, cache=cache, use_cache=True, logits_to_keep=keep, sentencekv=cache)
+    finally:
+        cache._gen_pending = None
+    return out.logits[0]
+
+
+class SentenceKVState:
+    """A SentenceKV cache driven like :class:`longrag.generation.rapid.KVState` (a RAPID target).
+
+    Holds the prompt (prefilled, or a cached document plus the appended question) and the
+    generated tokens after it; :meth:`advance` feeds generated tokens (a draft) as one block,
+    each attended as in its own decode step, and :meth:`crop` takes rejected ones back. So
+    greedy speculative decoding on it gives exactly the tokens of :func:`decode`.
+
+    Args:
+        model: the decoder.
+        cache: a cache holding ``tokens`` (its prompt part fixed).
+        tokens: the ids the cache holds.
+        last_logits: logits ``[vocab]`` after the last of ``tokens``.
+    """
+
+    def __init__(self, model: Any, cache: SentenceKVCache, tokens: Sequence[int], last_logits: torch.Tensor) -> None:
+        if cache.get_seq_length() != len(tokens):
+            raise SentenceKVError(f"the cache holds {cache.get_seq_length()} tokens, not {len(tokens)}")
+        self.model = model
+        self.cache = cache
+        self.tokens = list(tokens)
+        self._last: torch.Tensor | None = last_logits.reshape(-1).float()
+        self._prompt = (len(self.tokens), self._last)  # cropping back to the prompt restores its logits
+
+    @classmethod
+    def from_prompt(cls, model: Any, tokenizer: Any, skv: SentenceKVConfig, ids: Sequence[int]) -> SentenceKVState:
+        """Prefill ``ids`` into a new cache (question-aware retention, as :func:`generate`)."""
+        cache = new_cache(model, tokenizer, skv)
+        return cls(model, cache, ids, prefill(model, cache, ids)[-1])
+
+    def crop(self, length: int) -> None:
+        if length < len(self.tokens):
+            self.cache.crop(length)
+            del self.tokens[length:]
+            self._last = self._prompt[1] if length == self._prompt[0] else None
+
+    def prefill(self, seq: Sequence[int]) -> None:
+        """Check that the cache holds ``seq`` (it was prefilled at construction); drop what follows."""
+        if self.tokens[: len(seq)] != list(seq):
+            raise SentenceKVError("this SentenceKV state holds another prompt")
+        self.crop(len(seq))
+
+    def feed(self, ids: Sequence[int], *, keep: int = 1) -> torch.Tensor:
+        """Feed generated ``ids``; float logits of the last ``keep`` of them ``[keep, vocab]``."""
+        keep = max(1, min(keep, len(ids)))
+        logits = append(self.model, self.cache, [int(i) for i in ids], generated=True, keep=keep).float()
+        self.tokens.extend(int(i) for i in ids)
+        self._last = logits[-1]
+        return logits
+
+    def advance(self, seq: Sequence[int], *, extra: Sequence[int] = (), keep: int = 1) -> torch.Tensor:
+        """Make the cache hold ``seq`` + ``extra``; logits of the last ``keep`` positions of them."""
+        n = 0
+        for a, b in zip(self.tokens, seq):
+            if a != b:
+                break
+            n += 1
+        if n == len(self.tokens) == len(seq) and self._last is not None:  # seq held: its logits are known
+            if not extra:
+                return self._last[None]
+            head = self._last[None]
+            rows = self.feed(extra, keep=min(keep, len(extra)))
+            return torch.cat([head, rows]) if keep > len(extra) else rows
+        self.crop(min(n, len(seq) - 1))
+        return self.feed(list(seq[len(self.tokens) :]) + list(extra), keep=keep)
 
 
 def decode(model: Any, tokenizer: Any, cache: SentenceKVCache, logits: torch.Tensor, *,

@@ -52,6 +52,22 @@ def split_prompt(tokenizer: Any, question: str, context: str) -> tuple[list[int]
 
 
 @dataclass(frozen=True, slots=True)
+class KVPrompt:
+    """A question's prompt held in a SentenceKV cache (document part stored or built, question appended)."""
+
+    cache: skv.SentenceKVCache
+    ids: list[int]  # the whole prompt
+    logits: Any  # after its last token, [1, vocab]
+    reused: bool  # the document prefix came from a stored cache
+    prefix_ms: float  # time to build or load the document prefix
+    t0: float  # perf_counter when preparation began
+
+    def state(self, model: Any) -> skv.SentenceKVState:
+        """The prompt as a speculative-decoding target (generation/rapid.py)."""
+        return skv.SentenceKVState(model, self.cache, self.ids, self.logits[-1])
+
+
+@dataclass(frozen=True, slots=True)
 class KVRun:
     """A SentenceKV answer and what the cache did."""
 
@@ -118,9 +134,9 @@ class DocumentKVCache:
         cache.peak_prefill_bytes = peak
         return cache
 
-    def answer(self, doc_id: str, span: tuple[int, int], context: str, question: str, *,
-               max_new_tokens: int, on_token: TokenCallback | None = None) -> KVRun:
-        """Answer ``question`` over ``context`` (the document window ``span``), reusing its cache."""
+    def prepare(self, doc_id: str, span: tuple[int, int], context: str, question: str) -> KVPrompt:
+        """The prompt for ``question`` over ``context`` (the document window ``span``) in a
+        SentenceKV cache: the document prefix reloaded (or built and stored), the question appended."""
         dec = self.decoder
         prefix, suffix = split_prompt(dec.tokenizer, question, context)
         t0 = time.perf_counter()
@@ -130,21 +146,33 @@ class DocumentKVCache:
             cache = self.build(doc_id, span, prefix)
         prefix_ms = (time.perf_counter() - t0) * 1000
         logits = skv.append(dec.model, cache, suffix)
-        res = skv.decode(dec.model, dec.tokenizer, cache, logits, max_new_tokens=max_new_tokens, on_token=on_token,
-                         t0=t0, prompt_tokens=len(prefix) + len(suffix), kv_peak=cache.peak_prefill_bytes)
-        stats = {
+        return KVPrompt(cache, prefix + suffix, logits, reused, prefix_ms, t0)
+
+    def stats(self, prompt: KVPrompt, kv_bytes_peak: int) -> dict[str, Any]:
+        """The ``kv_*`` answer statistics of a prepared prompt after decoding."""
+        cache = prompt.cache
+        return {
             "kv": "sentencekv",
-            "kv_bytes": res.kv_bytes,
-            "kv_bytes_peak": res.kv_bytes_peak,
-            "kv_bytes_full": res.kv_bytes_full,
+            "kv_bytes": cache.kv_bytes(),
+            "kv_bytes_peak": max(kv_bytes_peak, cache.kv_bytes()),
+            "kv_bytes_full": cache.full_kv_bytes(self.decoder.model.config),
             "kv_vector_bytes": cache.vector_bytes(),
             "kv_budget": self.config.budget,
             "kv_retained": self.config.retained,
-            "kv_compressed": res.compressed,
-            "kv_cache_reused": reused,
-            "kv_prefix_ms": round(prefix_ms, 2),
+            "kv_compressed": not cache.full,
+            "kv_cache_reused": prompt.reused,
+            "kv_prefix_ms": round(prompt.prefix_ms, 2),
         }
-        return KVRun(res, reused, prefix_ms, stats)
+
+    def answer(self, doc_id: str, span: tuple[int, int], context: str, question: str, *,
+               max_new_tokens: int, on_token: TokenCallback | None = None) -> KVRun:
+        """Answer ``question`` over ``context`` (the document window ``span``), reusing its cache."""
+        dec = self.decoder
+        prompt = self.prepare(doc_id, span, context, question)
+        res = skv.decode(dec.model, dec.tokenizer, prompt.cache, prompt.logits, max_new_tokens=max_new_tokens,
+                         on_token=on_token, t0=prompt.t0, prompt_tokens=len(prompt.ids),
+                         kv_peak=prompt.cache.peak_prefill_bytes)
+        return KVRun(res, prompt.reused, prompt.prefix_ms, self.stats(prompt, res.kv_bytes_peak))
 
 
 def ingest_hook(corpus: Any, doc_id: str, units: Any) -> None:

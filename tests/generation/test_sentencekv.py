@@ -263,3 +263,101 @@ def test_sentence_retention_option_keeps_whole_sentences(tiny) -> None:
             members = torch.nonzero(sid_all == s).view(-1)
             members = members[(members >= cfg.sink) & (members < len(ids) - cfg.window)]
             assert set(members.tolist()) <= set(kept.tolist())
+
+
+# -- generated blocks and crop (RAPID's target) ----------------------------------------------------
+
+
+def _layer_state(cache: skv.SentenceKVCache) -> list[tuple]:
+    out = []
+    for layer in cache.layers:
+        n = layer.size
+        out.append((n, layer.seen, layer.keys[:, :n].clone(), layer.pos[:, :n].clone(), layer.sid[:, :n].clone(),
+                    layer.ksum[:, : cache.n_sentences].clone(), layer.kcount[:, : cache.n_sentences].clone(),
+                    None if layer.qsum is None else layer.qsum.clone(), layer.qn))
+    return out
+
+
+def _assert_same_state(a: skv.SentenceKVCache, b: skv.SentenceKVCache) -> None:
+    assert (a.token_sid, a.n_sentences, a.gen_sentence, a.get_seq_length()) == \
+        (b.token_sid, b.n_sentences, b.gen_sentence, b.get_seq_length())
+    if a.gen_sentence is not None:
+        assert (a.gen_start, a.gen_len) == (b.gen_start, b.gen_len)
+    for x, y in zip(_layer_state(a), _layer_state(b)):
+        assert x[:2] == y[:2] and x[-1] == y[-1]
+        for u, v in zip(x[2:-1], y[2:-1]):
+            assert (u is None) == (v is None)
+            if u is not None:
+                torch.testing.assert_close(u, v, rtol=0, atol=1e-6)
+
+
+def test_generated_block_equals_feeding_its_tokens_one_by_one(tiny) -> None:
+    model, tok = tiny
+    dot = _ids(tok, ".")[0]
+    assert dot in skv.boundary_token_ids(tok)
+    ids, one, _ = _long_cache(model, tok, LONG_TEXT)
+    _, block, _ = _long_cache(model, tok, LONG_TEXT)
+    gen = [17, 42, dot, 9, 23, 5, 31]  # a sentence closes inside the block
+    steps = torch.cat([skv.append(model, one, [t], generated=True) for t in gen])
+    rows = skv.append(model, block, gen, generated=True, keep=len(gen))
+    assert rows.shape == steps.shape
+    torch.testing.assert_close(rows, steps, rtol=0, atol=1e-4)
+    _assert_same_state(one, block)
+
+
+def test_crop_takes_generated_tokens_back_exactly(tiny) -> None:
+    model, tok = tiny
+    dot = _ids(tok, ".")[0]
+    ids, cache, _ = _long_cache(model, tok, LONG_TEXT)
+    _, ref, _ = _long_cache(model, tok, LONG_TEXT)
+    n = len(ids)
+    held = [17, 42, dot, 9, 23]
+    skv.append(model, cache, held, generated=True, keep=5)  # a draft ...
+    for keep_len, then in ((n + 4, [8]), (n + 2, [11, 12]), (n + 3, [dot, 6])):  # ... partly rejected, again
+        cache.crop(keep_len)
+        held = held[: keep_len - n] + then
+        skv.append(model, cache, then, generated=True, keep=len(then))
+    assert held == [17, 42, 11, dot, 6]
+    for t in held:  # reference: the surviving tokens fed one at a time into a fresh cache
+        skv.append(model, ref, [t], generated=True)
+    _assert_same_state(cache, ref)
+    a = skv.append(model, cache, [7], generated=True)
+    b = skv.append(model, ref, [7], generated=True)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    with pytest.raises(skv.SentenceKVError, match="prompt"):
+        cache.crop(n - 1)
+
+
+def test_crop_never_cuts_into_an_appended_question(tiny) -> None:
+    model, tok = tiny
+    ids, cache, _ = _long_cache(model, tok, LONG_TEXT)
+    question = _ids(tok, "Question: What is it?\nAnswer:")
+    skv.append(model, cache, question)
+    skv.append(model, cache, [5, 6], generated=True, keep=2)
+    cache.crop(len(ids) + len(question))  # the generated part: fine
+    with pytest.raises(skv.SentenceKVError, match="question"):
+        cache.crop(len(ids) + 1)
+
+
+@pytest.mark.parametrize("same_weights", [True, False])
+def test_rapid_on_a_sentencekv_target_gives_sentencekv_greedy_output(tiny, tiny_decoder_dir, same_weights) -> None:
+    from longrag.generation.rapid import KVState, LMDrafter, RapidConfig, autoregressive, rapid_generate
+
+    model, tok = tiny
+    ids = _ids(tok, LONG_TEXT + "Question: What did the fox do?\nAnswer:")
+    ref, _ = skv.generate(model, tok, ids, CFG, max_new_tokens=20)
+    drafter_model = model if same_weights else AutoModelForCausalLM.from_pretrained(tiny_decoder_dir).eval()
+    if not same_weights:  # a drafter that often disagrees: rejections and crops on the SentenceKV target
+        gen = torch.Generator().manual_seed(3)
+        drafter_model.lm_head.weight = torch.nn.Parameter(torch.randn(drafter_model.lm_head.weight.shape,
+                                                                      generator=gen) * 0.05)
+    draft_ids = _ids(tok, "The quick brown fox jumps over the lazy dog. Question: What did the fox do?\nAnswer:")
+    state = skv.SentenceKVState.from_prompt(model, tok, CFG, ids)
+    res = rapid_generate(state, LMDrafter(drafter_model, draft_ids, state=KVState(drafter_model), min_confidence=0.0),
+                         tok, ids, config=RapidConfig(gamma=4, max_new_tokens=20))
+    assert res.token_ids == ref.token_ids
+    assert res.drafted > 0 and res.target_calls < len(res.token_ids) + 1
+    again = autoregressive(state, tok, ids, config=RapidConfig(max_new_tokens=20))  # the state is reusable
+    assert again.token_ids == ref.token_ids
+    if not same_weights:
+        assert res.accepted < res.drafted  # some drafts were rejected and cropped away
