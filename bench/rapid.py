@@ -17,6 +17,9 @@ and answer F1 are compared on equal terms:
 - ``hybrid``: n-gram lookup (>= ``--min-ngram`` tokens, default 1) in the drafter's prompt (retrieved
   context + question) first, the LLM drafter otherwise; with ``--min-ngram`` > 1 also
   ``hybrid_ngram1`` (1-gram matches used too) for comparison;
+- ``hybrid_plus``: n-gram lookup in the retrieved context, then in the whole target context
+  (``LONGRAG_RAPID_NGRAM_WHOLE_CONTEXT``), the LLM drafter only while its measured rounds beat
+  plain target steps (``LONGRAG_RAPID_ADAPTIVE``);
 - with ``--sentencekv``: ``skv_target`` (target-only decoding on a SentenceKV cache of the same
   prompt, the product's ``LONGRAG_SENTENCEKV_*`` settings) and ``rapid_skv_eta0`` /
   ``rapid_skv_eta{E}`` (RAPID with that SentenceKV target); their ``speedup_vs_skv_target`` compares
@@ -217,7 +220,7 @@ def main() -> None:
     cfg0 = RapidConfig(gamma=args.gamma, eta=0.0, max_new_tokens=args.max_new_tokens)
     methods = ["target", "rapid_eta0", *[f"rapid_eta{e:g}" for e in args.etas],
                *([f"rapid_eta{args.etas[-1]:g}_fp32"] if compare32 and args.etas else []), "self_spec", "prompt_lookup",
-               "prompt_lookup_hf", "rag_only", "hybrid", "hybrid_ngram1",
+               "prompt_lookup_hf", "rag_only", "hybrid", "hybrid_ngram1", "hybrid_plus",
                *(["skv_target", "rapid_skv_eta0", *[f"rapid_skv_eta{e:g}" for e in args.etas]] if args.sentencekv else [])]
     rows: list[dict[str, Any]] = []
     meta = {
@@ -321,6 +324,12 @@ def main() -> None:
                     hyb = HybridDrafter(NgramDrafter(draft_ids, min_ngram=min_n),
                                         LMDrafter(dmodel, draft_ids, min_confidence=args.min_confidence, state=dstate))
                     record(name, rapid_generate(target, hyb, tok, ids, config=cfg0))
+                # n-grams from the retrieved context, then the whole target context; the LLM only while it pays
+                plus = HybridDrafter(NgramDrafter(draft_ids, min_ngram=1, fallback_ids=ids),
+                                     LMDrafter(dmodel, draft_ids, min_confidence=args.min_confidence, state=dstate),
+                                     adaptive=True)
+                record("hybrid_plus", rapid_generate(target, plus, tok, ids, config=cfg0),
+                       {"llm_rounds": plus.tally["llm"][0], "plain_steps": plus.tally["plain"][0]})
             if args.sentencekv:  # the same prompt in a SentenceKV cache (prefilled once, reused by crop)
                 from longrag.config import get_settings
                 from longrag.generation.sentencekv import SentenceKVState

@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     rapid_min_confidence: float = 0.3  # stop drafting when the drafter's next-token probability is lower
     rapid_max_ngram: int = 3  # hybrid / ngram drafter: longest n-gram looked up
     rapid_min_ngram: int = 1  # shortest n-gram match drafted from (2 measured slower at 8k: bench/rapid.py)
+    # hybrid / ngram drafter: look n-grams up in the target's whole context when the retrieved one has none
+    rapid_ngram_whole_context: bool = False
+    # hybrid drafter: draft with the LLM only while its measured rounds beat plain target steps
+    rapid_adaptive: bool = False
 
     model_cache: Path | None = None  # where dequantized models are cached (default: data_dir/models)
 

@@ -338,25 +338,29 @@ class NgramDrafter:
 
     Looks for the last ``n`` generated tokens (``max_ngram`` down to ``min_ngram``) in
     ``reference_ids`` (the retrieved context) and proposes the tokens that followed the most
-    recent match. Deterministic: ``q`` is one-hot.
+    recent match; when nothing matches there, in ``fallback_ids`` (e.g. the target's whole
+    context). Deterministic: ``q`` is one-hot. The n-grams are indexed once (a dict per size).
     """
 
-    def __init__(self, reference_ids: Sequence[int], *, max_ngram: int = 3, min_ngram: int = 1) -> None:
+    def __init__(self, reference_ids: Sequence[int], *, max_ngram: int = 3, min_ngram: int = 1,
+                 fallback_ids: Sequence[int] = ()) -> None:
         if min_ngram < 1 or max_ngram < min_ngram:
             raise ValueError("need 1 <= min_ngram <= max_ngram")
-        self.ref = list(reference_ids)
+        self.refs = [list(r) for r in (reference_ids, fallback_ids) if len(r)]
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
+        # per reference and n: n-gram -> start of its most recent occurrence that has a continuation
+        self._index = [{n: {tuple(r[s : s + n]): s for s in range(len(r) - n)} for n in range(min_ngram, max_ngram + 1)}
+                       for r in self.refs]
         self.hits = 0
         self.misses = 0
 
     def lookup(self, history: Sequence[int], gamma: int) -> list[int]:
         hist = list(history)
-        ref = self.ref
-        for n in range(min(self.max_ngram, len(hist)), self.min_ngram - 1, -1):
-            key = hist[-n:]
-            for s in range(len(ref) - n, -1, -1):  # most recent match first
-                if ref[s : s + n] == key and s + n < len(ref):
+        for ref, index in zip(self.refs, self._index):
+            for n in range(min(self.max_ngram, len(hist)), self.min_ngram - 1, -1):
+                s = index[n].get(tuple(hist[-n:]))
+                if s is not None:
                     return ref[s + n : s + n + gamma]
         return []
 
@@ -371,17 +375,57 @@ class NgramDrafter:
 
 
 class HybridDrafter:
-    """Exact n-gram lookup in the retrieved context first; the LLM drafter when nothing matches."""
+    """Exact n-gram lookup first; the LLM drafter when nothing matches.
 
-    def __init__(self, ngram: NgramDrafter, llm: LMDrafter) -> None:
+    With ``adaptive``, the LLM drafter is used only while its rounds pay: each round's tokens and
+    seconds (drafting + verification, reported by :func:`rapid_generate` through
+    :meth:`observe`) are summed for LLM rounds and for plain target steps (an empty draft); after
+    ``explore`` LLM rounds and one plain step, an unmatched round drafts with the LLM only if its
+    measured tokens per second are at least the plain steps'. The losing choice is tried again
+    every ``reprobe`` unmatched rounds, since acceptance changes along an answer.
+    """
+
+    def __init__(self, ngram: NgramDrafter, llm: LMDrafter, *, adaptive: bool = False, explore: int = 2,
+                 reprobe: int = 8) -> None:
         self.ngram = ngram
         self.llm = llm
+        self.adaptive = adaptive
+        self.explore = explore
+        self.reprobe = reprobe
+        self.tally = {"llm": [0, 0, 0.0], "plain": [0, 0, 0.0]}  # rounds, tokens, seconds
+        self._unmatched = 0
+
+    def _rate(self, arm: str) -> float:
+        rounds, tokens, seconds = self.tally[arm]
+        return tokens / seconds if seconds > 0 else 0.0
+
+    def use_llm(self) -> bool:
+        """Whether an unmatched round should draft with the LLM (``adaptive``: by measured speed)."""
+        if not self.adaptive:
+            return True
+        llm_rounds, plain_rounds = self.tally["llm"][0], self.tally["plain"][0]
+        if llm_rounds < self.explore:
+            return True
+        if plain_rounds < 1:
+            return False
+        better = self._rate("llm") >= self._rate("plain")
+        self._unmatched += 1
+        return better != (self._unmatched % self.reprobe == 0)
+
+    def observe(self, draft: Draft, accepted: int, seconds: float) -> None:
+        """A round's outcome: ``accepted`` draft tokens (+1 token from the target) in ``seconds``."""
+        arm = "llm" if draft.source == "llm" else "plain" if not draft.tokens else None
+        if arm:
+            t = self.tally[arm]
+            t[0], t[1], t[2] = t[0] + 1, t[1] + accepted + 1, t[2] + seconds
 
     def propose(self, generated: Sequence[int], gamma: int, *, temperature: float,
                 generator: torch.Generator | None) -> Draft:
         d = self.ngram.propose(generated, gamma)
         if d.tokens:
             return d
+        if not self.use_llm():
+            return Draft([], None, "none")  # a plain target step
         return self.llm.propose(generated, gamma, temperature=temperature, generator=generator)
 
 
@@ -679,6 +723,8 @@ def rapid_generate(
         verdict = verify(draft.tokens, draft.probs, logits, eta=config.eta, temperature=config.temperature,
                          tail=config.tail, generator=gen)
         res["verify_ms"] += (time.perf_counter() - tv) * 1000
+        if hasattr(drafter, "observe"):
+            drafter.observe(draft, verdict.accepted, time.perf_counter() - td)
         if k:
             res["rounds"] += 1
             res["drafted"] += k

@@ -563,117 +563,137 @@ class SentenceKVCache(Cache):
         layer.add_sentence_keys(sid, k)
 
     def _sentence_rows(self, layer: SentenceKVLayer, qbar: torch.Tensor, store_pos: torch.Tensor,
-                       total: int, step: GenStep | None = None) -> torch.Tensor:
+                       total: int | torch.Tensor, step: GenStep | Sequence[GenStep] | None = None) -> torch.Tensor:
         """Rows ``[H, size]`` to attend: best sentences per head up to tau, plus the always-kept.
 
-        ``step``: the generated token being attended (default: the cache's current state).
+        For the ``T`` positions of a generated block: ``qbar [T, Hq, D]``, ``total [T]`` (each
+        position + 1) and one :class:`GenStep` per position; returns ``[T, H, size]``, each
+        position seeing what its own decode step would (later sentences and rows masked).
+        ``step`` None: one position in the cache's current state.
         """
         cfg = self.skv
-        if step is None:
-            n_sent, open_sid, open_start = self.n_sentences, self.gen_sentence, self.gen_start
-        else:
-            n_sent, open_sid, open_start = step.n_sentences, step.sid, step.start
+        single = qbar.dim() == 2
+        steps = [step] if single else list(step)
+        qbar = qbar[None] if single else qbar
+        dev = store_pos.device
+        totals = torch.as_tensor(total, device=dev).reshape(-1)
+        states = [(self.n_sentences, self.gen_sentence, self.gen_start) if st is None
+                  else (st.n_sentences, st.sid, st.start) for st in steps]
+        t = qbar.shape[0]
         h, _, d = layer.ksum.shape
-        counts = layer.kcount[:, :n_sent]
-        # q_bar . mean(k) == (q_bar . sum(k)) / count: divides [H, S], not [H, S, D]
-        score = torch.einsum("hgd,hsd->hs", qbar.view(h, -1, d), layer.ksum[:, :n_sent]) / counts.clamp(min=1)
-        blocked = counts == 0
-        if open_sid is not None:
-            blocked[:, open_sid] = True  # the open sentence is always attended anyway
+        n_max = max(n for n, _, _ in states)
+        counts = layer.kcount[:, :n_max]
+        # q_bar . mean(k) == (q_bar . sum(k)) / count: divides [T, H, S], not [T, H, S, D]
+        score = torch.einsum("thgd,hsd->ths", qbar.view(t, h, -1, d), layer.ksum[:, :n_max]) / counts.clamp(min=1)
+        sent = torch.arange(n_max, device=counts.device)[None, None, :]
+        n_sent = torch.tensor([n for n, _, _ in states], device=counts.device)[:, None, None]
+        open_sid = torch.tensor([-1 if o is None else o for _, o, _ in states], device=counts.device)[:, None, None]
+        # not rankable: empty, not opened yet at that position, or the open sentence (attended anyway)
+        blocked = (counts == 0)[None] | (sent >= n_sent) | (sent == open_sid)
         score = score.masked_fill(blocked, float("-inf"))
-        order = torch.argsort(score, dim=1, descending=True)
-        sorted_counts = torch.gather(counts.masked_fill(blocked, 0), 1, order)
-        take_sorted = (torch.cumsum(sorted_counts, dim=1) <= cfg.budget) & (sorted_counts > 0)
-        chosen = torch.zeros_like(take_sorted).scatter_(1, order, take_sorted)  # [H, S]
-        store_sid = layer.sid[:, : layer.size].to(store_pos.device, non_blocking=True)
+        order = torch.argsort(score, dim=-1, descending=True)
+        sorted_counts = torch.gather(counts[None].expand(t, -1, -1).masked_fill(blocked, 0), -1, order)
+        take_sorted = (torch.cumsum(sorted_counts, dim=-1) <= cfg.budget) & (sorted_counts > 0)
+        chosen = torch.zeros_like(take_sorted).scatter_(-1, order, take_sorted)  # [T, H, S]
+        store_sid = layer.sid[:, : layer.size].to(dev, non_blocking=True)
         # always attended: the sink, and every position from the earliest of the recent window,
         # the pinned (appended question) block and the open generated sentence
-        tail = total - cfg.recent
-        if self.pinned_from >= 0:
-            tail = min(tail, self.pinned_from)
-        if open_sid is not None:
-            tail = min(tail, open_start)
-        return torch.gather(chosen, 1, store_sid) | (store_pos < cfg.sink) | (store_pos >= tail)
+        tails = []
+        for (_, o, start), tot in zip(states, totals.tolist()):
+            tail = tot - cfg.recent
+            if self.pinned_from >= 0:
+                tail = min(tail, self.pinned_from)
+            if o is not None:
+                tail = min(tail, start)
+            tails.append(tail)
+        tail = torch.tensor(tails, device=dev)[:, None, None]
+        pos = store_pos[None]
+        rows = torch.gather(chosen, 2, store_sid[None].expand(t, -1, -1)) | (pos < cfg.sink) | (pos >= tail)
+        rows &= pos < totals[:, None, None]  # a block position never sees the rows after it
+        return rows[0] if single else rows
 
     def attend_generated(self, layer_idx: int, query: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
                          scaling: float) -> torch.Tensor:
-        """Generated tokens (one, or a draft being verified), each attended as in its own decode step."""
+        """Generated tokens (one, or a draft being verified), each attended as in its own decode step:
+        rank sentences with its sentence's mean query, attend to the chosen rows; the positions of a
+        block are ranked, gathered and attended together."""
         steps = self._gen_pending
         t = k_new.shape[-2]
         if steps is None or len(steps) != t:
             raise SentenceKVError("generated tokens must be announced with begin_append(..., generated=True)")
-        first = self.layers[layer_idx].seen - t
-        outs = [self._attend_step(layer_idx, query[:, :, i : i + 1], k_new[:, :, i : i + 1], v_new[:, :, i : i + 1],
-                                  scaling, first + i, steps[i]) for i in range(t)]
-        return outs[0] if t == 1 else torch.cat(outs, dim=2)
-
-    def _attend_step(self, layer_idx: int, query: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
-                     scaling: float, position: int, step: GenStep) -> torch.Tensor:
-        """One generated token: rank sentences with the current sentence's mean query, attend."""
         layer: SentenceKVLayer = self.layers[layer_idx]
         cfg = self.skv
         timing = self.timing
         t0 = time.perf_counter() if timing else 0.0
-        layer.append_rows(k_new[0], v_new[0], torch.tensor([position]), torch.tensor([step.sid]))
-        layer.add_sentence_keys(torch.tensor([step.sid]), k_new[0])
+        first = layer.seen - t
+        positions = torch.arange(first, first + t)
+        sids = torch.tensor([st.sid for st in steps])
+        layer.append_rows(k_new[0], v_new[0], positions, sids)
+        layer.add_sentence_keys(sids, k_new[0])
         dev = query.device
-        q = query[0, :, 0, :].float()  # [Hq, D]
-        layer.gen_q.append((position, q))
-        layer.qsum = q.clone() if (step.opens or layer.qsum is None) else layer.qsum + q
-        layer.qn = 1 if step.opens else layer.qn + 1
+        q = query[0].float().transpose(0, 1)  # [T, Hq, D]
+        qbars = []
+        for i, st in enumerate(steps):
+            layer.gen_q.append((first + i, q[i]))
+            layer.qsum = q[i].clone() if (st.opens or layer.qsum is None) else layer.qsum + q[i]
+            layer.qn = 1 if st.opens else layer.qn + 1
+            qbars.append(layer.qsum / layer.qn)
         h = layer.ksum.shape[0]
-        group = q.shape[0] // h
-        size = layer.size
-        store_pos = layer.pos[:, :size].to(dev, non_blocking=True)
-        total = position + 1
+        group = q.shape[1] // h
+        store_pos = layer.pos[:, : layer.size].to(dev, non_blocking=True)
+        totals = (positions + 1).to(dev)
+        later = store_pos[None] >= totals[:, None, None]
         if cfg.policy == "sentencekv":
-            row = self._sentence_rows(layer, layer.qsum / layer.qn, store_pos, total, step)
+            row = self._sentence_rows(layer, torch.stack(qbars), store_pos, totals, steps)
         elif cfg.policy == "snapkv":
-            row = store_pos >= 0
+            row = (store_pos[None] >= 0) & ~later
         else:
-            row = (store_pos < cfg.sink) | (store_pos >= total - (cfg.budget + cfg.recent))
-        n_rows = row.sum(dim=1)
+            recent_from = (totals - (cfg.budget + cfg.recent))[:, None, None]
+            row = ((store_pos[None] < cfg.sink) | (store_pos[None] >= recent_from)) & ~later
+        n_rows = row.sum(dim=-1)  # [T, H]
         width = int(n_rows.max())
-        idx = torch.argsort((~row).to(torch.int8), dim=1, stable=True)[:, :width]  # selected rows first
-        valid = torch.arange(width, device=dev)[None, :] < n_rows[:, None]  # [H, L]
+        idx = torch.argsort((~row).to(torch.int8), dim=-1, stable=True)[..., :width]  # selected rows first
+        valid = torch.arange(width, device=dev)[None, None, :] < n_rows[..., None]  # [T, H, L]
         if timing:
             t1 = time.perf_counter()
             self.stats.rank_ms += (t1 - t0) * 1000
-        kg, vg = self._gather(layer, idx, dev)
+        kg, vg = self._gather(layer, idx, dev)  # [T, H, L, D]
         if timing:
             t2 = time.perf_counter()
             self.stats.gather_ms += (t2 - t1) * 1000
-        mask = valid.repeat_interleave(group, dim=0)[None, :, None, :]  # [1, Hq, 1, L]
-        out = F.scaled_dot_product_attention(query, kg[None], vg[None], attn_mask=mask, scale=scaling,
-                                             enable_gqa=True)
+        mask = valid.repeat_interleave(group, dim=1)[:, :, None, :]  # [T, Hq, 1, L]
+        out = F.scaled_dot_product_attention(query[0].transpose(0, 1)[:, :, None, :], kg, vg, attn_mask=mask,
+                                             scale=scaling, enable_gqa=True)  # [T, Hq, 1, D]
         if timing:
             self.stats.attend_ms += (time.perf_counter() - t2) * 1000
             if layer_idx == 0:
-                self.stats.steps += 1
-            self.stats.selected_tokens.append(int(n_rows.float().mean()))
-        return out
+                self.stats.steps += t
+            self.stats.selected_tokens.extend(int(x) for x in n_rows.float().mean(dim=1))
+        return out[:, :, 0, :].transpose(0, 1)[None]  # [1, Hq, T, D]
 
     def _gather(self, layer: SentenceKVLayer, idx: torch.Tensor, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        h, w = idx.shape
+        """Rows ``idx [..., H, w]`` of each head's store -> keys, values ``[..., H, w, D]``."""
+        h = layer.keys.shape[0]
         d = layer.keys.shape[-1]
         cap = layer.keys.shape[1]
+        shape = (*idx.shape, d)
         flat = (idx + torch.arange(h, device=idx.device)[:, None] * cap).reshape(-1)
         if layer.keys.device == dev:  # row gathers (index_select) are much cheaper than gather
-            kg = layer.keys.view(h * cap, d).index_select(0, flat).view(h, w, d)
-            vg = layer.values.view(h * cap, d).index_select(0, flat).view(h, w, d)
+            kg = layer.keys.view(h * cap, d).index_select(0, flat).view(shape)
+            vg = layer.values.view(h * cap, d).index_select(0, flat).view(shape)
             return kg, vg
         # CUDA with the store in pinned host memory (untested here): gather on the host into
         # pinned buffers, copy K in on a side stream while V is gathered.
         if self._copy_stream is None:
             self._copy_stream = torch.cuda.Stream(device=dev)
         flat = flat.cpu()
-        kh = torch.empty((h * w, d), dtype=layer.keys.dtype, pin_memory=True)
+        kh = torch.empty((flat.numel(), d), dtype=layer.keys.dtype, pin_memory=True)
         torch.index_select(layer.keys.view(h * cap, d), 0, flat, out=kh)
         with torch.cuda.stream(self._copy_stream):
-            kg = kh.view(h, w, d).to(dev, non_blocking=True)
-        vh = torch.empty((h * w, d), dtype=layer.values.dtype, pin_memory=True)
+            kg = kh.view(shape).to(dev, non_blocking=True)
+        vh = torch.empty((flat.numel(), d), dtype=layer.values.dtype, pin_memory=True)
         torch.index_select(layer.values.view(h * cap, d), 0, flat, out=vh)
-        vg = vh.view(h, w, d).to(dev, non_blocking=True)
+        vg = vh.view(shape).to(dev, non_blocking=True)
         torch.cuda.current_stream(dev).wait_stream(self._copy_stream)
         kg.record_stream(torch.cuda.current_stream(dev))
         return kg, vg

@@ -203,7 +203,7 @@ def test_eta_zero_first_token_distribution_with_real_tiny_models(tiny, other):
 # -- greedy: exact equality with target-only decoding -------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["llm", "hybrid", "ngram"])
+@pytest.mark.parametrize("kind", ["llm", "hybrid", "ngram", "hybrid_plus"])
 def test_greedy_eta_zero_equals_target_greedy(tiny, other, kind):
     tok, model = tiny
     for question in ("What is the capital of France?", "How long did she stay?"):
@@ -212,7 +212,8 @@ def test_greedy_eta_zero_equals_target_greedy(tiny, other, kind):
         draft_ids = _prompt(tok, context="Paris is the capital of France. The quick brown fox.", question=question)
         llm = LMDrafter(other, draft_ids, min_confidence=0.0)  # a drafter that is often wrong
         drafter = {"llm": llm, "ngram": NgramDrafter(draft_ids),
-                   "hybrid": HybridDrafter(NgramDrafter(draft_ids), llm)}[kind]
+                   "hybrid": HybridDrafter(NgramDrafter(draft_ids), llm),
+                   "hybrid_plus": HybridDrafter(NgramDrafter(draft_ids, fallback_ids=ids), llm, adaptive=True)}[kind]
         pieces: list[str] = []
         res = rapid_generate(KVState(model), drafter, tok, ids, on_token=pieces.append,
                              config=RapidConfig(gamma=4, eta=0.0, temperature=0.0, max_new_tokens=24))
@@ -297,6 +298,37 @@ def test_ngram_drafter_copies_from_reference():
     assert strict.propose([9, 5], 3).tokens == []  # a 1-gram match is not used
     with pytest.raises(ValueError):
         NgramDrafter([1, 2], min_ngram=0)
+    wide = NgramDrafter([5, 6, 7], max_ngram=2, fallback_ids=[40, 41, 42, 6, 9])
+    assert wide.propose([5, 6], 2).tokens == [7]  # the reference first ...
+    assert wide.propose([40, 41], 2).tokens == [42, 6]  # ... then the fallback (the whole context)
+    assert wide.propose([77], 2).tokens == []
+
+
+def test_adaptive_hybrid_drafts_with_the_llm_only_while_it_pays():
+    from longrag.generation.rapid import Draft
+
+    class Never(NgramDrafter):
+        def propose(self, generated, gamma, **kw):
+            return Draft([], None, "ngram")
+
+    def run(llm_tokens: int, llm_s: float, plain_s: float) -> list[bool]:
+        hyb = HybridDrafter(Never([1]), llm=None, adaptive=True, explore=2, reprobe=4)  # type: ignore[arg-type]
+        picks = []
+        for _ in range(12):
+            use = hyb.use_llm()
+            picks.append(use)
+            if use:
+                hyb.observe(Draft([1] * 4, None, "llm"), llm_tokens - 1, llm_s)
+            else:
+                hyb.observe(Draft([], None, "none"), 0, plain_s)
+        return picks
+
+    slow = run(llm_tokens=2, llm_s=0.5, plain_s=0.2)  # 4 tok/s vs 5 tok/s: plain steps win
+    assert slow[:3] == [True, True, False] and sum(slow[3:]) <= 3  # only the periodic re-probes
+    fast = run(llm_tokens=5, llm_s=0.5, plain_s=0.2)  # 10 tok/s vs 5 tok/s: the LLM wins
+    assert fast[:3] == [True, True, False] and sum(fast[3:]) >= 6
+    fixed = HybridDrafter(Never([1]), llm=None)  # type: ignore[arg-type]
+    assert all(fixed.use_llm() for _ in range(5))  # not adaptive: always the LLM on a miss
 
 
 # -- the QA mode --------------------------------------------------------------------------------
