@@ -87,9 +87,9 @@ class Settings(BaseSettings):
     rapid_max_ngram: int = 3  # hybrid / ngram drafter: longest n-gram looked up
     rapid_min_ngram: int = 1  # shortest n-gram match drafted from (2 measured slower at 8k: bench/rapid.py)
     # hybrid / ngram drafter: look n-grams up in the target's whole context when the retrieved one has none
-    rapid_ngram_whole_context: bool = False
-    # hybrid drafter: draft with the LLM only while its measured rounds beat plain target steps
-    rapid_adaptive: bool = False
+    rapid_ngram_whole_context: bool = False  # measured no faster at 8k (bench/results/rapid_8k_adaptive.json)
+    # hybrid drafter: each round the fastest so far of an n-gram draft, an LLM draft, a plain target step
+    rapid_adaptive: bool = False  # measured no faster on 24-token answers (exploration does not amortize)
 
     model_cache: Path | None = None  # where dequantized models are cached (default: data_dir/models)
 

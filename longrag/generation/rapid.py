@@ -377,12 +377,12 @@ class NgramDrafter:
 class HybridDrafter:
     """Exact n-gram lookup first; the LLM drafter when nothing matches.
 
-    With ``adaptive``, the LLM drafter is used only while its rounds pay: each round's tokens and
-    seconds (drafting + verification, reported by :func:`rapid_generate` through
-    :meth:`observe`) are summed for LLM rounds and for plain target steps (an empty draft); after
-    ``explore`` LLM rounds and one plain step, an unmatched round drafts with the LLM only if its
-    measured tokens per second are at least the plain steps'. The losing choice is tried again
-    every ``reprobe`` unmatched rounds, since acceptance changes along an answer.
+    With ``adaptive``, each round picks by measured speed among the arms available: an n-gram
+    draft (when the lookup matched), an LLM draft, or a plain target step (an empty draft). Every
+    round's tokens and seconds (drafting + verification, reported by :func:`rapid_generate`
+    through :meth:`observe`) are summed per arm; each arm is first tried ``explore`` times (the
+    plain step once), then the fastest available arm is used, and on every ``reprobe``-th round
+    the other available arms get one more try, since acceptance changes along an answer.
     """
 
     def __init__(self, ngram: NgramDrafter, llm: LMDrafter, *, adaptive: bool = False, explore: int = 2,
@@ -390,41 +390,47 @@ class HybridDrafter:
         self.ngram = ngram
         self.llm = llm
         self.adaptive = adaptive
-        self.explore = explore
+        self.explore = {"ngram": explore, "llm": explore, "plain": 1}
         self.reprobe = reprobe
-        self.tally = {"llm": [0, 0, 0.0], "plain": [0, 0, 0.0]}  # rounds, tokens, seconds
-        self._unmatched = 0
+        self.tally = {arm: [0, 0, 0.0] for arm in ("ngram", "llm", "plain")}  # rounds, tokens, seconds
+        self._rounds = 0
 
-    def _rate(self, arm: str) -> float:
-        rounds, tokens, seconds = self.tally[arm]
+    def rate(self, arm: str) -> float:
+        """Tokens per second of ``arm`` so far in this answer."""
+        _, tokens, seconds = self.tally[arm]
         return tokens / seconds if seconds > 0 else 0.0
 
-    def use_llm(self) -> bool:
-        """Whether an unmatched round should draft with the LLM (``adaptive``: by measured speed)."""
+    def choose(self, arms: Sequence[str]) -> str:
+        """The arm to use this round among ``arms`` (``adaptive``: by measured speed)."""
         if not self.adaptive:
-            return True
-        llm_rounds, plain_rounds = self.tally["llm"][0], self.tally["plain"][0]
-        if llm_rounds < self.explore:
-            return True
-        if plain_rounds < 1:
-            return False
-        better = self._rate("llm") >= self._rate("plain")
-        self._unmatched += 1
-        return better != (self._unmatched % self.reprobe == 0)
+            return arms[0]
+        self._rounds += 1
+        for arm in arms:
+            if self.tally[arm][0] < self.explore[arm]:
+                return arm
+        ranked = sorted(arms, key=self.rate, reverse=True)
+        if self._rounds % self.reprobe == 0 and len(ranked) > 1:
+            return ranked[1 + (self._rounds // self.reprobe) % (len(ranked) - 1)]
+        return ranked[0]
+
+    def use_llm(self) -> bool:
+        """Whether a round without an n-gram match should draft with the LLM."""
+        return self.choose(("llm", "plain")) == "llm"
 
     def observe(self, draft: Draft, accepted: int, seconds: float) -> None:
         """A round's outcome: ``accepted`` draft tokens (+1 token from the target) in ``seconds``."""
-        arm = "llm" if draft.source == "llm" else "plain" if not draft.tokens else None
-        if arm:
+        arm = draft.source if draft.tokens else "plain"
+        if arm in self.tally:
             t = self.tally[arm]
             t[0], t[1], t[2] = t[0] + 1, t[1] + accepted + 1, t[2] + seconds
 
     def propose(self, generated: Sequence[int], gamma: int, *, temperature: float,
                 generator: torch.Generator | None) -> Draft:
         d = self.ngram.propose(generated, gamma)
-        if d.tokens:
+        arm = self.choose(("ngram", "llm", "plain") if d.tokens else ("llm", "plain"))
+        if arm == "ngram":
             return d
-        if not self.use_llm():
+        if arm == "plain":
             return Draft([], None, "none")  # a plain target step
         return self.llm.propose(generated, gamma, temperature=temperature, generator=generator)
 

@@ -329,6 +329,17 @@ def test_adaptive_hybrid_drafts_with_the_llm_only_while_it_pays():
     assert fast[:3] == [True, True, False] and sum(fast[3:]) >= 6
     fixed = HybridDrafter(Never([1]), llm=None)  # type: ignore[arg-type]
     assert all(fixed.use_llm() for _ in range(5))  # not adaptive: always the LLM on a miss
+    # three arms when the lookup matched: slow wrong n-gram drafts lose to plain target steps
+    hyb = HybridDrafter(Never([1]), llm=None, adaptive=True, reprobe=100)  # type: ignore[arg-type]
+    cost = {"ngram": (1, 0.45), "llm": (2, 0.5), "plain": (1, 0.2)}  # tokens, seconds per round
+    picks = []
+    for _ in range(10):
+        arm = hyb.choose(("ngram", "llm", "plain"))
+        picks.append(arm)
+        tokens, secs = cost[arm]
+        hyb.observe(Draft([] if arm == "plain" else [1] * 6, None, "none" if arm == "plain" else arm), tokens - 1, secs)
+    assert picks[:5] == ["ngram", "ngram", "llm", "llm", "plain"] and set(picks[5:]) == {"plain"}
+    assert HybridDrafter(Never([1]), llm=None).choose(("ngram", "llm", "plain")) == "ngram"  # type: ignore[arg-type]
 
 
 # -- the QA mode --------------------------------------------------------------------------------

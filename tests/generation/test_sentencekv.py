@@ -361,3 +361,17 @@ def test_rapid_on_a_sentencekv_target_gives_sentencekv_greedy_output(tiny, tiny_
     assert again.token_ids == ref.token_ids
     if not same_weights:
         assert res.accepted < res.drafted  # some drafts were rejected and cropped away
+
+
+def test_rapid_on_a_short_uncompressed_sentencekv_prompt_equals_plain_greedy(tiny) -> None:
+    from longrag.generation.decoding import generate as plain_generate
+    from longrag.generation.rapid import KVState, LMDrafter, RapidConfig, rapid_generate
+
+    model, tok = tiny
+    ids = _ids(tok, "Paris is the capital of France. Question: What is the capital of France?\nAnswer:")
+    assert len(ids) <= CFG.full_kv_limit  # kept exact (no compression): blocks take the sdpa path
+    ref = plain_generate(model, tok, ids, max_new_tokens=12)
+    state = skv.SentenceKVState.from_prompt(model, tok, CFG, ids)
+    res = rapid_generate(state, LMDrafter(model, ids[-8:], state=KVState(model), min_confidence=0.0), tok, ids,
+                         config=RapidConfig(gamma=3, max_new_tokens=12))
+    assert state.cache.full and res.token_ids == ref.token_ids and res.drafted > 0
