@@ -127,7 +127,7 @@ def ask(
     stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print tokens as they come (text output).")] = True,
     retriever: Annotated[Optional[str], typer.Option(
         "--retriever", help="chunk | situated | bm25 | hybrid (default: LONGRAG_RETRIEVER, hybrid).")] = None,
-    kv: Annotated[Optional[str], typer.Option("--kv", help="KV cache of the full mode: full | sentencekv (default: by context length).")] = None,
+    kv: Annotated[Optional[str], typer.Option("--kv", help="KV cache of the full and rapid modes: full | sentencekv (default: by context length).")] = None,
 ) -> None:
     """Answer a question with evidence (doc id, char offsets, exact text) and timings."""
     from longrag.services.qa import Question

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 TEXT = (
     "Ada Lovelace wrote the first published algorithm in 1843. She worked with Charles Babbage "
