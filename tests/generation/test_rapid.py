@@ -421,6 +421,8 @@ def test_rapid_mode_fp32_drafter_weights_give_the_same_greedy_answer(tiny_decode
     a16 = pipe.ask(Question(q, mode="rapid", max_new_tokens=10, options={**opts, "drafter_weights": "fp16"}))
     assert (a32.stats["drafter_weights"], a16.stats["drafter_weights"]) == ("fp32", "fp16")
     assert a32.answer == a16.answer and a32.stats["drafted"] > 0
+    ngram = pipe.ask(Question(q, mode="rapid", max_new_tokens=10, options={**opts, "drafter": "ngram"}))
+    assert ngram.stats["drafter_weights"] is None and ngram.answer == a32.answer  # no LLM drafter built
 
 
 def test_rapid_mode_on_a_sentencekv_target_answers_as_sentencekv_decoding(tiny_decoder_dir):

@@ -118,6 +118,9 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
     drafter_kind = str(q.options.get("drafter", s.rapid_drafter_kind) if q.options else s.rapid_drafter_kind)
     if drafter_kind not in DRAFTERS:
         raise InvalidRequestError(f"unknown drafter {drafter_kind!r}; choose from {list(DRAFTERS)}")
+    weights = str(q.options.get("drafter_weights", s.rapid_drafter_weights) if q.options else s.rapid_drafter_weights)
+    if weights not in WEIGHTS:
+        raise InvalidRequestError(f"unknown drafter weights {weights!r}; choose from {list(WEIGHTS)}")
     try:
         config = RapidConfig(
             gamma=_opt(q, "gamma", s.rapid_gamma, int),
@@ -152,8 +155,7 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
     n_doc_chunks = len(pipe.corpus.store.chunk_ids_for([doc_id]))
     doc_hits = pipe.corpus.search(q.text, k=max(1, n_doc_chunks), doc_ids=[doc_id])
     target = pipe.decoder
-    weights = str(q.options.get("drafter_weights", s.rapid_drafter_weights) if q.options else s.rapid_drafter_weights)
-    drafter_dec = load_drafter(pipe, weights)
+    drafter_dec = load_drafter(pipe, weights) if drafter_kind != "ngram" else target  # n-gram drafting needs no LLM
     retrieved: RetrievedContext = retrieve_context(
         context, target.tokenizer, overlap_scorer(doc_hits, start),
         chunk_tokens=s.rapid_chunk_tokens, budget_tokens=budget_tokens, threshold=threshold,
@@ -204,7 +206,7 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
         "doc_id": doc_id,
         "drafter": drafter_kind if drafter is not None else None,
         "drafter_model": drafter_dec.name,
-        "drafter_weights": weights_of(drafter_dec.model) if drafter is not None else None,
+        "drafter_weights": weights_of(drafter_dec.model) if drafter is not None and drafter_kind != "ngram" else None,
         "gamma": config.gamma,
         "eta": config.eta,
         "temperature": config.temperature,
