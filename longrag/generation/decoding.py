@@ -19,6 +19,18 @@ from longrag.generation.fastkv import new_cache
 TokenCallback = Callable[[str], None]
 
 
+def common_prefix(held: Sequence[int], seq: Sequence[int]) -> int:
+    """How many leading tokens of ``seq`` a cache holding ``held`` already has."""
+    if len(held) <= len(seq) and list(seq[: len(held)]) == list(held):
+        return len(held)
+    n = 0
+    for a, b in zip(held, seq):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
 @dataclass(frozen=True, slots=True)
 class GenerationResult:
     text: str

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import torch
 from transformers import DynamicCache
 
-from longrag.generation.decoding import TokenCallback, stop_token_ids
+from longrag.generation.decoding import TokenCallback, common_prefix, stop_token_ids
 from longrag.generation.fastkv import new_cache
 
 log = logging.getLogger(__name__)
@@ -201,16 +201,6 @@ class KVState:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def common_prefix(self, seq: Sequence[int]) -> int:
-        if len(self.tokens) <= len(seq) and list(seq[: len(self.tokens)]) == self.tokens:
-            return len(self.tokens)
-        n = 0
-        for a, b in zip(self.tokens, seq):
-            if a != b:
-                break
-            n += 1
-        return n
-
     def crop(self, length: int) -> None:
         crop_to(self.cache, length)
         del self.tokens[length:]
@@ -237,14 +227,14 @@ class KVState:
         The cache is cropped to the common prefix with ``seq`` (at most ``len(seq) - 1`` so the
         last token is always fed), then ``seq``'s remaining tokens and ``extra`` are fed.
         """
-        keep_len = min(self.common_prefix(seq), len(seq) - 1)
+        keep_len = min(common_prefix(self.tokens, seq), len(seq) - 1)
         self.crop(max(0, keep_len))
         pending = list(seq[len(self.tokens) :]) + list(extra)
         return self.feed(pending, keep=keep)
 
     def prefill(self, seq: Sequence[int]) -> None:
         """Fill the cache with ``seq[:-1]`` (the last token is fed by the first step)."""
-        keep_len = min(self.common_prefix(seq), len(seq) - 1)
+        keep_len = min(common_prefix(self.tokens, seq), len(seq) - 1)
         self.crop(max(0, keep_len))
         rest = list(seq[len(self.tokens) : len(seq) - 1])
         if rest:
@@ -412,10 +402,6 @@ class HybridDrafter:
         if self._rounds % self.reprobe == 0 and len(ranked) > 1:
             return ranked[1 + (self._rounds // self.reprobe) % (len(ranked) - 1)]
         return ranked[0]
-
-    def use_llm(self) -> bool:
-        """Whether a round without an n-gram match should draft with the LLM."""
-        return self.choose(("llm", "plain")) == "llm"
 
     def observe(self, draft: Draft, accepted: int, seconds: float) -> None:
         """A round's outcome: ``accepted`` draft tokens (+1 token from the target) in ``seconds``."""

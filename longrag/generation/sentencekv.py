@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from longrag.generation.decoding import common_prefix
 from longrag.generation.fastkv import ATTN_NAME as FAST_ATTN, register_sdpa_like
 
 log = logging.getLogger(__name__)
@@ -625,11 +626,9 @@ class SentenceKVCache(Cache):
         cfg = self.skv
         timing = self.timing
         t0 = time.perf_counter() if timing else 0.0
+        self._store_new(layer, k_new[0], v_new[0])  # positions seen - t .. seen - 1, the steps' sentences
         first = layer.seen - t
         positions = torch.arange(first, first + t)
-        sids = torch.tensor([st.sid for st in steps])
-        layer.append_rows(k_new[0], v_new[0], positions, sids)
-        layer.add_sentence_keys(sids, k_new[0])
         dev = query.device
         q = query[0].float().transpose(0, 1)  # [T, Hq, D]
         qbars = []
@@ -952,11 +951,7 @@ class SentenceKVState:
 
     def advance(self, seq: Sequence[int], *, extra: Sequence[int] = (), keep: int = 1) -> torch.Tensor:
         """Make the cache hold ``seq`` + ``extra``; logits of the last ``keep`` positions of them."""
-        n = 0
-        for a, b in zip(self.tokens, seq):
-            if a != b:
-                break
-            n += 1
+        n = common_prefix(self.tokens, seq)
         if n == len(self.tokens) == len(seq) and self._last is not None:  # seq held: its logits are known
             if not extra:
                 return self._last[None]

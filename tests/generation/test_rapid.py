@@ -315,7 +315,7 @@ def test_adaptive_hybrid_drafts_with_the_llm_only_while_it_pays():
         hyb = HybridDrafter(Never([1]), llm=None, adaptive=True, explore=2, reprobe=4)  # type: ignore[arg-type]
         picks = []
         for _ in range(12):
-            use = hyb.use_llm()
+            use = hyb.choose(("llm", "plain")) == "llm"
             picks.append(use)
             if use:
                 hyb.observe(Draft([1] * 4, None, "llm"), llm_tokens - 1, llm_s)
@@ -328,7 +328,7 @@ def test_adaptive_hybrid_drafts_with_the_llm_only_while_it_pays():
     fast = run(llm_tokens=5, llm_s=0.5, plain_s=0.2)  # 10 tok/s vs 5 tok/s: the LLM wins
     assert fast[:3] == [True, True, False] and sum(fast[3:]) >= 6
     fixed = HybridDrafter(Never([1]), llm=None)  # type: ignore[arg-type]
-    assert all(fixed.use_llm() for _ in range(5))  # not adaptive: always the LLM on a miss
+    assert all(fixed.choose(("llm", "plain")) == "llm" for _ in range(5))  # not adaptive: the LLM on a miss
     # three arms when the lookup matched: slow wrong n-gram drafts lose to plain target steps
     hyb = HybridDrafter(Never([1]), llm=None, adaptive=True, reprobe=100)  # type: ignore[arg-type]
     cost = {"ngram": (1, 0.45), "llm": (2, 0.5), "plain": (1, 0.2)}  # tokens, seconds per round

@@ -182,11 +182,13 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
     draft_ids: list[int] = []
     if not retrieved.empty:
         draft_ids = encode_chat(target.tokenizer, answer_messages(q.text, retrieved.text))
-        llm = LMDrafter(drafter_dec.model, draft_ids, min_confidence=min_conf)
-        ngram = NgramDrafter(draft_ids, max_ngram=s.rapid_max_ngram, min_ngram=s.rapid_min_ngram,
-                             fallback_ids=target_ids if s.rapid_ngram_whole_context else ())
-        drafter = {"llm": llm, "ngram": ngram,
-                   "hybrid": HybridDrafter(ngram, llm, adaptive=s.rapid_adaptive)}[drafter_kind]
+        if drafter_kind == "llm":
+            drafter = LMDrafter(drafter_dec.model, draft_ids, min_confidence=min_conf)
+        else:  # the n-gram index is built only for the kinds that look n-grams up
+            ngram = NgramDrafter(draft_ids, max_ngram=s.rapid_max_ngram, min_ngram=s.rapid_min_ngram,
+                                 fallback_ids=target_ids if s.rapid_ngram_whole_context else ())
+            drafter = ngram if drafter_kind == "ngram" else HybridDrafter(
+                ngram, LMDrafter(drafter_dec.model, draft_ids, min_confidence=min_conf), adaptive=s.rapid_adaptive)
     else:
         log.info("rapid: retrieval kept no chunk over threshold %.2f; target-only decoding", threshold)
     gen = rapid_generate(state, drafter, target.tokenizer, target_ids, config=config, on_token=on_token)
