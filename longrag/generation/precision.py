@@ -3,7 +3,7 @@
 A decode step of a small decoder on a CPU is bound by reading its weights (SmolLM2-135M: ~540 MB of
 fp32 per token). Keeping a second copy of every linear layer's weight in fp16 halves those bytes;
 this CPU (AVX2, no native fp16 arithmetic) still converts them fast enough in a matrix-*vector*
-product, but not in a matrix-*matrix* product (measured with 30 SmolLM2-shaped layers: one row
+product, but not in a matrix-*matrix* product (a one-off measurement with 30 SmolLM2-shaped layers: one row
 46 -> 25 ms, two rows 69 -> 41 ms, four rows 97 -> 76 ms, eight rows 94 -> 140 ms, 64 rows
 294 -> 1087 ms). So a :class:`HalfWeightLinear` uses the fp16 copy for inputs of at most
 ``max_rows`` rows (decode steps) and the original fp32 weight, shared with the source model, for
@@ -11,7 +11,7 @@ longer blocks (prefill). Activations, the KV cache, norms and embeddings stay fp
 and extends the same caches as its source.
 
 A twin is a different model (greedy next-token agreement with the fp32 source on a Frankenstein
-passage: 0.996 with fp16, 0.966 with bf16): use it where any model sharing the tokenizer is
+passage, one-off: 0.996 with fp16, 0.966 with bf16): use it where any model sharing the tokenizer is
 allowed, i.e. as a speculative drafter whose proposals the fp32 target verifies.
 """
 
