@@ -86,6 +86,14 @@ class Settings(BaseSettings):
     rapid_min_confidence: float = 0.3  # stop drafting when the drafter's next-token probability is lower
     rapid_max_ngram: int = 3  # hybrid / ngram drafter: longest n-gram looked up
     rapid_min_ngram: int = 1  # shortest n-gram match drafted from (2 measured slower at 8k: bench/rapid.py)
+    # hybrid / ngram drafter: draft length, "cost" (the length with the most expected tokens per unit of
+    # drafting + verification cost, all learnt while decoding, 0 = a plain target step; n-gram drafts,
+    # and the hybrid's LLM drafts: generation/rapid.py DraftLength) | "fixed" (n-gram: as long as the
+    # match, LLM: up to gamma with the confidence stop)
+    rapid_draft_length: str = "cost"
+    rapid_verify_slope: float = 0.15  # DraftLength's prior: extra verification cost per drafted token, in steps
+    # hybrid / ngram drafter: draft from a match only when this share of the n-gram's occurrences continue alike
+    rapid_ngram_min_agreement: float = 0.5
     # hybrid / ngram drafter: look n-grams up in the target's whole context when the retrieved one has none
     rapid_ngram_whole_context: bool = False  # measured no faster at 8k (bench/results/rapid_8k_adaptive.json)
     # hybrid drafter: each round the fastest so far of an n-gram draft, an LLM draft, a plain target step

@@ -323,6 +323,113 @@ class LMDrafter:
         return Draft(tokens, torch.stack(dists), "llm")
 
 
+class DraftLength:
+    """Cost-aware draft length for one kind of draft (n-gram or LLM), learnt along one answer.
+
+    A round that drafts ``k`` tokens costs ``k`` drafting steps plus one verification of ``k + 1``
+    tokens, modelled (in plain target steps) as ``1 + (slope + draft_cost) * k``; with a per-token
+    acceptance ``a`` it yields ``(1 - a^(k+1)) / (1 - a)`` tokens in expectation. :meth:`best`
+    returns the ``k`` (0 = a plain target step) with the most expected tokens per unit of cost.
+    All three are measured while decoding: ``slope`` starts at the prior and follows a
+    least-squares line through the observed verification times (every round: plain steps,
+    n-gram and LLM drafts); ``draft_cost`` (0 for n-gram lookups) follows the observed drafting
+    seconds per token over the fitted plain-step time; ``a`` is the maximum-likelihood estimate
+    from this kind's drafts, accepted tokens / (accepted tokens + drafts ended by a rejection), a
+    fully accepted draft counting as censored, with ``prior_weight`` pseudo-drafts at the prior;
+    while no such draft is made the counts drift back toward the prior, so a cheap probe is tried
+    again later.
+
+    A fixed long draft is the worst case on a CPU, where verifying 11 tokens at 8k context costs
+    about 2.6 target steps (bench/rapid.py cost model): a wrong lookup then costs 2.6 steps for
+    one token.
+    """
+
+    def __init__(self, *, slope: float = 0.15, acceptance: float = 0.5, draft_cost: float = 0.0,
+                 prior_weight: float = 2.0, recover: float = 0.1, prior_rounds: float = 2.0) -> None:
+        if slope < 0 or draft_cost < 0 or not 0 < acceptance < 1 or prior_weight <= 0 or not 0 <= recover <= 1:
+            raise ValueError("need slope >= 0, draft_cost >= 0, 0 < acceptance < 1, prior_weight > 0, "
+                             "0 <= recover <= 1")
+        self.prior_slope = slope
+        self.prior_draft_cost = draft_cost
+        self._drafting = [0.0, 0.0]  # drafted tokens, seconds
+        self.prior_counts = (acceptance * prior_weight, (1 - acceptance) * prior_weight)
+        self._counts = list(self.prior_counts)  # accepted tokens, drafts ended by a rejection
+        self.recover = recover
+        self.prior_rounds = prior_rounds
+        self._sums = [0.0] * 5  # n, sum x, sum y, sum xx, sum xy  (x = drafted tokens, y = seconds)
+
+    @classmethod
+    def for_llm(cls, slope: float = 0.15) -> DraftLength:
+        """Priors for LLM drafts: acceptance 0.7, drafting 0.4 plain steps per token (an fp16
+        SmolLM2 step at 1k context vs an fp32 one at 8k here); both are re-measured while decoding."""
+        return cls(slope=slope, acceptance=0.7, draft_cost=0.4)
+
+    @property
+    def acceptance(self) -> float:
+        """The per-token acceptance estimate."""
+        accepted, rejected = self._counts
+        return accepted / (accepted + rejected)
+
+    def _line(self) -> tuple[float, float] | None:
+        """``(plain step seconds, seconds per extra verified token)`` fitted, or ``None``."""
+        n, sx, sy, sxx, sxy = self._sums
+        var = n * sxx - sx * sx
+        if n < 2 or var <= 1e-12:
+            return None
+        beta = (n * sxy - sx * sy) / var
+        alpha = (sy - beta * sx) / n
+        return (alpha, max(0.0, beta)) if alpha > 0 else None
+
+    @property
+    def slope(self) -> float:
+        """Extra verification cost of each drafted token, as a fraction of a plain step (fitted,
+        with the prior)."""
+        line, n = self._line(), self._sums[0]
+        if line is None:
+            return self.prior_slope
+        return (self.prior_rounds * self.prior_slope + n * line[1] / line[0]) / (self.prior_rounds + n)
+
+    @property
+    def draft_cost(self) -> float:
+        """Drafting cost of each drafted token, as a fraction of a plain step (measured, with the prior)."""
+        line = self._line()
+        tokens, seconds = self._drafting
+        if line is None or tokens == 0:
+            return self.prior_draft_cost
+        return (self.prior_rounds * self.prior_draft_cost + seconds / line[0]) / (self.prior_rounds + tokens)
+
+    def best(self, gamma: int) -> int:
+        """The draft length (``0..gamma``) with the most expected tokens per verification cost."""
+        a, r = min(self.acceptance, 0.99), self.slope + self.draft_cost
+        best_k, best_rate = 0, 1.0
+        for k in range(1, max(0, gamma) + 1):
+            rate = (1 - a ** (k + 1)) / (1 - a) / (1 + r * k)
+            if rate > best_rate + 1e-9:
+                best_k, best_rate = k, rate
+        return best_k
+
+    def observe_verify(self, drafted: int, seconds: float) -> None:
+        """A verification of ``drafted + 1`` tokens took ``seconds``."""
+        x, y = float(drafted), float(seconds)
+        for i, v in enumerate((1.0, x, y, x * x, x * y)):
+            self._sums[i] += v
+
+    def observe_drafting(self, drafted: int, seconds: float) -> None:
+        """Drafting ``drafted`` tokens took ``seconds`` (LLM drafts; n-gram lookups cost ~nothing)."""
+        self._drafting[0] += drafted
+        self._drafting[1] += seconds
+
+    def observe_draft(self, drafted: int, accepted: int) -> None:
+        """A draft of ``drafted`` tokens of this kind had its first ``accepted`` accepted (0 drafted:
+        a round where :meth:`best` chose no draft)."""
+        if drafted <= 0:
+            for i, prior in enumerate(self.prior_counts):
+                self._counts[i] += self.recover * (prior - self._counts[i])
+            return
+        self._counts[0] += accepted
+        self._counts[1] += 1 if accepted < drafted else 0  # a fully accepted draft is censored
+
+
 class NgramDrafter:
     """Prompt-lookup drafting: copy what followed the latest n-gram in a reference text.
 
@@ -330,42 +437,76 @@ class NgramDrafter:
     ``reference_ids`` (the retrieved context) and proposes the tokens that followed the most
     recent match; when nothing matches there, in ``fallback_ids`` (e.g. the target's whole
     context). Deterministic: ``q`` is one-hot. The n-grams are indexed once (a dict per size).
+
+    With ``min_agreement`` a match is drafted from only when at least that fraction of the
+    n-gram's occurrences are followed by the same token as the most recent one (an n-gram such
+    as "of the" continues differently all over a document; such matches were rarely accepted in
+    bench/rapid.py). With ``length`` (a :class:`DraftLength`) the draft is cut to the cost-aware
+    length (possibly 0: no draft), else it is as long as the match allows, up to ``gamma``.
     """
 
     def __init__(self, reference_ids: Sequence[int], *, max_ngram: int = 3, min_ngram: int = 1,
-                 fallback_ids: Sequence[int] = ()) -> None:
+                 fallback_ids: Sequence[int] = (), min_agreement: float = 0.0,
+                 length: DraftLength | None = None) -> None:
         if min_ngram < 1 or max_ngram < min_ngram:
             raise ValueError("need 1 <= min_ngram <= max_ngram")
+        if not 0 <= min_agreement <= 1:
+            raise ValueError(f"min_agreement must be in [0, 1], got {min_agreement}")
         self.refs = [list(r) for r in (reference_ids, fallback_ids) if len(r)]
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
-        # per reference and n: n-gram -> start of its most recent occurrence that has a continuation
-        self._index = [{n: {tuple(r[s : s + n]): s for s in range(len(r) - n)} for n in range(min_ngram, max_ngram + 1)}
-                       for r in self.refs]
+        self.min_agreement = min_agreement
+        self.length = length
+        # per reference and n: n-gram -> (start of its most recent occurrence that has a continuation,
+        # share of its occurrences continued by the same token as that one)
+        self._index = [{n: self._ngrams(r, n) for n in range(min_ngram, max_ngram + 1)} for r in self.refs]
         self.hits = 0
         self.misses = 0
+
+    @staticmethod
+    def _ngrams(ref: list[int], n: int) -> dict[tuple[int, ...], tuple[int, float]]:
+        nexts: dict[tuple[int, ...], list[int]] = {}
+        last: dict[tuple[int, ...], int] = {}
+        for s in range(len(ref) - n):
+            key = tuple(ref[s : s + n])
+            nexts.setdefault(key, []).append(ref[s + n])
+            last[key] = s
+        return {key: (s, nexts[key].count(nexts[key][-1]) / len(nexts[key])) for key, s in last.items()}
 
     def lookup(self, history: Sequence[int], gamma: int) -> list[int]:
         hist = list(history)
         for ref, index in zip(self.refs, self._index):
             for n in range(min(self.max_ngram, len(hist)), self.min_ngram - 1, -1):
-                s = index[n].get(tuple(hist[-n:]))
-                if s is not None:
-                    return ref[s + n : s + n + gamma]
+                hit = index[n].get(tuple(hist[-n:]))
+                if hit is not None:
+                    s, agreement = hit
+                    return ref[s + n : s + n + gamma] if agreement >= self.min_agreement else []
         return []
 
     def propose(self, generated: Sequence[int], gamma: int, *, temperature: float = 0.0,
                 generator: torch.Generator | None = None) -> Draft:
-        toks = self.lookup(generated, gamma) if generated else []
+        k = self.length.best(gamma) if self.length is not None else gamma
+        if k == 0 and self.length is not None:
+            self.length.observe_draft(0, 0)  # skipped: the estimate drifts back toward its prior
+        toks = self.lookup(generated, k) if generated and k > 0 else []
         if toks:
             self.hits += 1
         else:
             self.misses += 1
         return Draft(toks, None, "ngram")
 
+    def observe(self, draft: Draft, accepted: int, seconds: float, *, verify_seconds: float | None = None) -> None:
+        """A round's outcome (see :func:`rapid_generate`): feeds the cost-aware ``length``."""
+        if self.length is None:
+            return
+        self.length.observe_verify(len(draft.tokens), seconds if verify_seconds is None else verify_seconds)
+        if draft.source == "ngram" and draft.tokens:
+            self.length.observe_draft(len(draft.tokens), accepted)
+
 
 class HybridDrafter:
-    """Exact n-gram lookup first; the LLM drafter when nothing matches.
+    """Exact n-gram lookup first; the LLM drafter when nothing (usable) matches: no match, an
+    ambiguous one, or a cost-aware length of 0 (see :class:`NgramDrafter`).
 
     With ``adaptive``, each round picks by measured speed among the arms available: an n-gram
     draft (when the lookup matched), an LLM draft, or a plain target step (an empty draft). Every
@@ -373,12 +514,17 @@ class HybridDrafter:
     through :meth:`observe`) are summed per arm; each arm is first tried ``explore`` times (the
     plain step once), then the fastest available arm is used, and on every ``reprobe``-th round
     the other available arms get one more try, since acceptance changes along an answer.
+
+    With ``llm_length`` (a :class:`DraftLength` with the LLM's drafting cost) an LLM draft is cut
+    to its cost-aware length, and a length of 0 makes the round a plain target step: an LLM
+    drafter whose acceptance does not pay for its steps and the longer verification is not used.
     """
 
     def __init__(self, ngram: NgramDrafter, llm: LMDrafter, *, adaptive: bool = False, explore: int = 2,
-                 reprobe: int = 8) -> None:
+                 reprobe: int = 8, llm_length: DraftLength | None = None) -> None:
         self.ngram = ngram
         self.llm = llm
+        self.llm_length = llm_length
         self.adaptive = adaptive
         self.explore = {"ngram": explore, "llm": explore, "plain": 1}
         self.reprobe = reprobe
@@ -403,8 +549,17 @@ class HybridDrafter:
             return ranked[1 + (self._rounds // self.reprobe) % (len(ranked) - 1)]
         return ranked[0]
 
-    def observe(self, draft: Draft, accepted: int, seconds: float) -> None:
-        """A round's outcome: ``accepted`` draft tokens (+1 token from the target) in ``seconds``."""
+    def observe(self, draft: Draft, accepted: int, seconds: float, *, verify_seconds: float | None = None) -> None:
+        """A round's outcome: ``accepted`` draft tokens (+1 token from the target) in ``seconds``
+        (``verify_seconds`` of them verifying); also fed to the n-gram drafter's and the LLM's
+        cost-aware lengths (every round's verification, each kind's own acceptance)."""
+        self.ngram.observe(draft, accepted, seconds, verify_seconds=verify_seconds)
+        if self.llm_length is not None:
+            verifying = seconds if verify_seconds is None else verify_seconds
+            self.llm_length.observe_verify(len(draft.tokens), verifying)
+            if draft.source == "llm" and draft.tokens:
+                self.llm_length.observe_draft(len(draft.tokens), accepted)
+                self.llm_length.observe_drafting(len(draft.tokens), max(0.0, seconds - verifying))
         arm = draft.source if draft.tokens else "plain"
         if arm in self.tally:
             t = self.tally[arm]
@@ -418,6 +573,11 @@ class HybridDrafter:
             return d
         if arm == "plain":
             return Draft([], None, "none")  # a plain target step
+        if self.llm_length is not None:
+            gamma = self.llm_length.best(gamma)
+            if gamma == 0:
+                self.llm_length.observe_draft(0, 0)
+                return Draft([], None, "none")
         return self.llm.propose(generated, gamma, temperature=temperature, generator=generator)
 
 
@@ -716,7 +876,7 @@ def rapid_generate(
                          tail=config.tail, generator=gen)
         res["verify_ms"] += (time.perf_counter() - tv) * 1000
         if hasattr(drafter, "observe"):
-            drafter.observe(draft, verdict.accepted, time.perf_counter() - td)
+            drafter.observe(draft, verdict.accepted, time.perf_counter() - td, verify_seconds=time.perf_counter() - tv)
         if k:
             res["rounds"] += 1
             res["drafted"] += k

@@ -16,6 +16,7 @@ from longrag.errors import InvalidRequestError
 from longrag.generation.decoding import generate
 from longrag.generation.prompts import answer_messages, encode_chat
 from longrag.generation.rapid import (
+    DraftLength,
     HybridDrafter,
     KVState,
     LMDrafter,
@@ -203,7 +204,7 @@ def test_eta_zero_first_token_distribution_with_real_tiny_models(tiny, other):
 # -- greedy: exact equality with target-only decoding -------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["llm", "hybrid", "ngram", "hybrid_plus"])
+@pytest.mark.parametrize("kind", ["llm", "hybrid", "ngram", "hybrid_plus", "ngram_cost", "hybrid_cost"])
 def test_greedy_eta_zero_equals_target_greedy(tiny, other, kind):
     tok, model = tiny
     for question in ("What is the capital of France?", "How long did she stay?"):
@@ -213,14 +214,17 @@ def test_greedy_eta_zero_equals_target_greedy(tiny, other, kind):
         llm = LMDrafter(other, draft_ids, min_confidence=0.0)  # a drafter that is often wrong
         drafter = {"llm": llm, "ngram": NgramDrafter(draft_ids),
                    "hybrid": HybridDrafter(NgramDrafter(draft_ids), llm),
-                   "hybrid_plus": HybridDrafter(NgramDrafter(draft_ids, fallback_ids=ids), llm, adaptive=True)}[kind]
+                   "hybrid_plus": HybridDrafter(NgramDrafter(draft_ids, fallback_ids=ids), llm, adaptive=True),
+                   "ngram_cost": NgramDrafter(ids, min_agreement=0.5, length=DraftLength()),
+                   "hybrid_cost": HybridDrafter(NgramDrafter(draft_ids, min_agreement=0.5, length=DraftLength()),
+                                                llm)}[kind]
         pieces: list[str] = []
         res = rapid_generate(KVState(model), drafter, tok, ids, on_token=pieces.append,
                              config=RapidConfig(gamma=4, eta=0.0, temperature=0.0, max_new_tokens=24))
         assert res.token_ids == ref.token_ids
         assert "".join(pieces).strip() == res.text == ref.text
         assert res.accepted <= res.drafted and res.target_calls <= len(res.token_ids) + 1
-        if kind != "ngram":
+        if not kind.startswith("ngram"):
             assert res.drafted > 0
 
 
@@ -302,6 +306,46 @@ def test_ngram_drafter_copies_from_reference():
     assert wide.propose([5, 6], 2).tokens == [7]  # the reference first ...
     assert wide.propose([40, 41], 2).tokens == [42, 6]  # ... then the fallback (the whole context)
     assert wide.propose([77], 2).tokens == []
+
+
+def test_ngram_drafter_skips_ambiguous_matches():
+    # "1 2" is followed by 3, 4 and 5 (agreement 1/3); "7 8" always by 9
+    ref = [1, 2, 3, 0, 1, 2, 4, 0, 1, 2, 5, 0, 7, 8, 9, 0, 7, 8, 9, 6]
+    loose = NgramDrafter(ref, max_ngram=2, min_ngram=2)
+    assert loose.propose([1, 2], 2).tokens == [5, 0]  # the most recent continuation
+    gated = NgramDrafter(ref, max_ngram=2, min_ngram=2, min_agreement=0.5)
+    assert gated.propose([1, 2], 2).tokens == []
+    assert gated.propose([7, 8], 3).tokens == [9, 6]
+    with pytest.raises(ValueError):
+        NgramDrafter(ref, min_agreement=1.5)
+
+
+def test_draft_length_follows_acceptance_and_verification_cost():
+    fresh = DraftLength(slope=0.15, acceptance=0.5)
+    k0 = fresh.best(10)
+    assert 1 <= k0 <= 3  # a coin-flip acceptance: short drafts
+    good = DraftLength(slope=0.15, acceptance=0.5)
+    for _ in range(10):
+        k = good.best(10)
+        good.observe_draft(k, k)  # every draft fully accepted
+    assert good.best(10) >= k0 + 3 and good.acceptance > 0.8
+    bad = DraftLength(slope=0.15, acceptance=0.5)
+    for _ in range(10):
+        bad.observe_draft(max(1, bad.best(10)), 0)  # the first drafted token always wrong
+    assert bad.best(10) == 0  # plain target steps
+    for _ in range(30):
+        bad.observe_draft(0, 0)  # rounds without a draft: the estimate drifts back to the prior
+    assert bad.best(10) >= 1  # drafting (probing) again
+    # the verification cost line is measured: flat (a GPU) -> longer drafts, steep -> shorter
+    flat, steep = DraftLength(slope=0.15, acceptance=0.7), DraftLength(slope=0.15, acceptance=0.7)
+    for k in (0, 1, 3, 6, 10) * 4:
+        flat.observe_verify(k, 0.1)
+        steep.observe_verify(k, 0.1 * (1 + 0.6 * k))
+    assert flat.slope < 0.02 and 0.5 < steep.slope < 0.6
+    assert flat.best(10) > DraftLength(slope=0.15, acceptance=0.7).best(10) > steep.best(10)
+    for bad_args in ({"slope": -1}, {"acceptance": 1.0}, {"prior_weight": 0}, {"recover": 2}, {"draft_cost": -1}):
+        with pytest.raises(ValueError):
+            DraftLength(**bad_args)
 
 
 def test_adaptive_hybrid_drafts_with_the_llm_only_while_it_pays():
@@ -395,6 +439,25 @@ def test_rapid_mode_empty_retrieval_and_bad_options(tiny_decoder_dir):
     odd = _pipe(tiny_decoder_dir, rapid_min_ngram=4, rapid_max_ngram=3)
     with pytest.raises(InvalidRequestError, match="MIN_NGRAM"):
         odd.ask(Question("Who was the Norman leader?", mode="rapid", max_new_tokens=4))
+    for bad, match in (({"rapid_draft_length": "forever"}, "DRAFT_LENGTH"),
+                       ({"rapid_ngram_min_agreement": 1.5}, "MIN_AGREEMENT"),
+                       ({"rapid_verify_slope": -0.1}, "VERIFY_SLOPE")):
+        with pytest.raises(InvalidRequestError, match=match):
+            _pipe(tiny_decoder_dir, **bad).ask(Question("Who was the Norman leader?", mode="rapid", max_new_tokens=4))
+
+
+def test_rapid_mode_draft_lengths_give_the_same_greedy_answer(tiny_decoder_dir):
+    def ask(pipe, **options):
+        return pipe.ask(Question("Who was the Norman leader?", mode="rapid", max_new_tokens=12,
+                                 options={"budget_tokens": 64, "threshold": 0.0, **options}))
+
+    cost = ask(_pipe(tiny_decoder_dir))  # the default hybrid, cost-aware lengths
+    fixed_pipe = _pipe(tiny_decoder_dir, rapid_draft_length="fixed")
+    fixed = ask(fixed_pipe)
+    # greedy eta 0: lossless either way (the tiny model's tokens may decode to an empty string)
+    assert cost.answer == fixed.answer and cost.stats["generated_tokens"] == fixed.stats["generated_tokens"] > 0
+    assert (cost.stats["draft_length"], fixed.stats["draft_length"]) == ("cost", "fixed")
+    assert ask(fixed_pipe, drafter="llm").stats["draft_length"] is None  # the paper's drafter: gamma + confidence
 
 
 def test_rapid_mode_refuses_drafter_with_other_tokenizer(tiny_decoder_dir, tmp_path):

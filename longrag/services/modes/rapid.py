@@ -28,6 +28,7 @@ from longrag.generation.decoding import TokenCallback
 from longrag.generation.precision import WEIGHTS, weights_of
 from longrag.generation.prompts import answer_messages, encode_chat
 from longrag.generation.rapid import (
+    DraftLength,
     HybridDrafter,
     KVState,
     LMDrafter,
@@ -47,6 +48,7 @@ from longrag.services.qa import Answer, QAPipeline, Question, ground, register_m
 log = logging.getLogger(__name__)
 
 DRAFTERS = ("llm", "hybrid", "ngram")
+DRAFT_LENGTHS = ("cost", "fixed")
 
 
 def load_drafter(pipe: QAPipeline, weights: str = "fp32") -> Any:
@@ -136,6 +138,12 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
     if not 1 <= s.rapid_min_ngram <= s.rapid_max_ngram:
         raise InvalidRequestError(f"rapid: need 1 <= LONGRAG_RAPID_MIN_NGRAM ({s.rapid_min_ngram}) "
                                   f"<= LONGRAG_RAPID_MAX_NGRAM ({s.rapid_max_ngram})")
+    if s.rapid_draft_length not in DRAFT_LENGTHS:
+        raise InvalidRequestError(f"rapid: unknown LONGRAG_RAPID_DRAFT_LENGTH {s.rapid_draft_length!r}; "
+                                  f"choose from {list(DRAFT_LENGTHS)}")
+    if not 0 <= s.rapid_ngram_min_agreement <= 1 or s.rapid_verify_slope < 0:
+        raise InvalidRequestError("rapid: need 0 <= LONGRAG_RAPID_NGRAM_MIN_AGREEMENT <= 1 and "
+                                  "LONGRAG_RAPID_VERIFY_SLOPE >= 0")
 
     hits, r_ms = pipe.retrieve(q)
     if not hits:
@@ -185,10 +193,13 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
         if drafter_kind == "llm":
             drafter = LMDrafter(drafter_dec.model, draft_ids, min_confidence=min_conf)
         else:  # the n-gram index is built only for the kinds that look n-grams up
+            length = DraftLength(slope=s.rapid_verify_slope) if s.rapid_draft_length == "cost" else None
             ngram = NgramDrafter(draft_ids, max_ngram=s.rapid_max_ngram, min_ngram=s.rapid_min_ngram,
-                                 fallback_ids=target_ids if s.rapid_ngram_whole_context else ())
+                                 fallback_ids=target_ids if s.rapid_ngram_whole_context else (),
+                                 min_agreement=s.rapid_ngram_min_agreement, length=length)
             drafter = ngram if drafter_kind == "ngram" else HybridDrafter(
-                ngram, LMDrafter(drafter_dec.model, draft_ids, min_confidence=min_conf), adaptive=s.rapid_adaptive)
+                ngram, LMDrafter(drafter_dec.model, draft_ids, min_confidence=min_conf), adaptive=s.rapid_adaptive,
+                llm_length=DraftLength.for_llm(s.rapid_verify_slope) if length is not None else None)
     else:
         log.info("rapid: retrieval kept no chunk over threshold %.2f; target-only decoding", threshold)
     gen = rapid_generate(state, drafter, target.tokenizer, target_ids, config=config, on_token=on_token)
@@ -210,6 +221,7 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
         "drafter_model": drafter_dec.name,
         "drafter_weights": weights_of(drafter_dec.model) if drafter is not None and drafter_kind != "ngram" else None,
         "gamma": config.gamma,
+        "draft_length": s.rapid_draft_length if drafter is not None and drafter_kind != "llm" else None,
         "eta": config.eta,
         "temperature": config.temperature,
         "context_tokens": window_tokens,
