@@ -14,9 +14,18 @@ and answer F1 are compared on equal terms:
 - ``self_spec``: naive self-speculation, drafter = same weights on the last N prompt tokens;
 - ``prompt_lookup``: transformers' ``generate(..., prompt_lookup_num_tokens=10)``;
 - ``rag_only``: the drafter alone (retrieved context only);
-- ``hybrid``: n-gram lookup (>= ``--min-ngram`` tokens, default 1) in the drafter's prompt (retrieved
-  context + question) first, the LLM drafter otherwise; with ``--min-ngram`` > 1 also
-  ``hybrid_ngram1`` (1-gram matches used too) for comparison;
+- ``hybrid``: the product's hybrid drafter: n-gram lookup (>= ``--min-ngram`` tokens, default 1) in
+  the drafter's prompt (retrieved context + question), drafted from when the match is unambiguous
+  (``--min-agreement``) and cut to the cost-aware length (``DraftLength``, ``--draft-length cost``),
+  the LLM drafter otherwise, its drafts also cut to their cost-aware length (0: a plain target
+  step); with ``--min-ngram`` > 1 also ``hybrid_ngram1`` (1-gram matches used too) for comparison;
+- ``hybrid_whole``: ``hybrid`` with n-grams looked up in the whole target context when the
+  retrieved one has no match (``LONGRAG_RAPID_NGRAM_WHOLE_CONTEXT``);
+- ``hybrid_fixed``: the same drafter with fixed lengths (every match drafted from, as long as it
+  goes; LLM drafts up to gamma with the confidence stop), the product's behaviour before;
+- ``ngram_cost``: n-gram lookup (3..1 tokens) in the whole target prompt with the
+  unambiguous-match rule and the cost-aware length, no LLM drafter (``prompt_lookup`` made
+  cost-aware);
 - ``hybrid_plus``: n-gram lookup in the retrieved context, then in the whole target context
   (``LONGRAG_RAPID_NGRAM_WHOLE_CONTEXT``), the LLM drafter only while its measured rounds beat
   plain target steps (``LONGRAG_RAPID_ADAPTIVE``);
@@ -193,6 +202,14 @@ def main() -> None:
     ap.add_argument("--min-ngram", type=int, default=1,
                     help="hybrid: shortest n-gram match used (shorter matches go to the LLM drafter); "
                          "with > 1 the run adds hybrid_ngram1 for comparison")
+    ap.add_argument("--draft-length", default="cost", choices=["cost", "fixed"],
+                    help="hybrid: draft lengths, cost-aware (DraftLength: n-gram and LLM drafts) or fixed "
+                         "(as long as the match; the LLM up to gamma)")
+    ap.add_argument("--min-agreement", type=float, default=0.5,
+                    help="hybrid / ngram_cost: draft from a match only when this share of the n-gram's "
+                         "occurrences continue the same way")
+    ap.add_argument("--verify-slope", type=float, default=0.15, help="DraftLength's prior verification slope")
+    ap.add_argument("--skip", nargs="*", default=[], help="methods not to run (e.g. hybrid_plus self_spec)")
     ap.add_argument("--drafter-weights", default="fp16", choices=["fp32", "fp16", "bf16"],
                     help="the LLM drafter's one-token linear weights (generation/precision.py)")
     ap.add_argument("--sentencekv", action="store_true", help="also RAPID on a SentenceKV target (and its baseline)")
@@ -206,8 +223,8 @@ def main() -> None:
 
     from longrag.generation.prompts import answer_messages, encode_chat
     from longrag.generation.rapid import (
-        HybridDrafter, KVState, LMDrafter, NgramDrafter, RapidConfig, autoregressive, rapid_generate,
-        retrieve_context,
+        DraftLength, HybridDrafter, KVState, LMDrafter, NgramDrafter, RapidConfig, autoregressive,
+        rapid_generate, retrieve_context,
     )
     from longrag.models.registry import load_decoder, load_embedder
     from longrag.retrieval.embed import Embedder
@@ -220,8 +237,9 @@ def main() -> None:
     cfg0 = RapidConfig(gamma=args.gamma, eta=0.0, max_new_tokens=args.max_new_tokens)
     methods = ["target", "rapid_eta0", *[f"rapid_eta{e:g}" for e in args.etas],
                *([f"rapid_eta{args.etas[-1]:g}_fp32"] if compare32 and args.etas else []), "self_spec", "prompt_lookup",
-               "prompt_lookup_hf", "rag_only", "hybrid", "hybrid_ngram1", "hybrid_plus",
+               "prompt_lookup_hf", "ngram_cost", "rag_only", "hybrid", "hybrid_whole", "hybrid_fixed", "hybrid_ngram1", "hybrid_plus",
                *(["skv_target", "rapid_skv_eta0", *[f"rapid_skv_eta{e:g}" for e in args.etas]] if args.sentencekv else [])]
+    methods = [m for m in methods if m not in args.skip]
     rows: list[dict[str, Any]] = []
     meta = {
         "hardware": hardware(),
@@ -290,7 +308,7 @@ def main() -> None:
                 cfg = RapidConfig(gamma=args.gamma, eta=eta, max_new_tokens=args.max_new_tokens)
                 drafter = LMDrafter(dmodel, draft_ids, min_confidence=args.min_confidence, state=dstate) if draft_ids else None
                 record(name, rapid_generate(target, drafter, tok, ids, config=cfg))
-            if compare32 and args.etas and draft_ids:  # the same drafter with its fp32 weights, same cache
+            if args.etas and f"rapid_eta{args.etas[-1]:g}_fp32" in methods and draft_ids:  # fp32 drafter, same cache
                 cfg = RapidConfig(gamma=args.gamma, eta=args.etas[-1], max_new_tokens=args.max_new_tokens)
                 d32 = LMDrafter(model, draft_ids, min_confidence=args.min_confidence, state=KVState(model))
                 d32.state.prefill(draft_ids)
@@ -298,16 +316,21 @@ def main() -> None:
                 row["cost"] = {"drafter_step_ms_fp32": timed(lambda: (d32.state.feed(ids[-1:]),
                                                                       d32.state.crop(len(draft_ids) - 1)), 3)}
                 del d32
-            sstate = KVState(dmodel)
-            sstate.prefill(self_ids)
-            record("self_spec", rapid_generate(target, LMDrafter(dmodel, self_ids, min_confidence=args.min_confidence,
-                                                                 state=sstate), tok, ids, config=cfg0))
-            del sstate
+            if "self_spec" in methods:
+                sstate = KVState(dmodel)
+                sstate.prefill(self_ids)
+                record("self_spec", rapid_generate(target, LMDrafter(dmodel, self_ids, min_confidence=args.min_confidence,
+                                                                     state=sstate), tok, ids, config=cfg0))
+                del sstate
             # prompt-lookup decoding: n-gram lookup in the whole target prompt (ours, same cache) ...
             record("prompt_lookup", rapid_generate(target, NgramDrafter(ids, max_ngram=2), tok, ids, config=cfg0))
+            if "ngram_cost" in methods:  # ... and with the unambiguous-match rule and the cost-aware length
+                record("ngram_cost", rapid_generate(target, NgramDrafter(
+                    ids, min_agreement=args.min_agreement, length=DraftLength(slope=args.verify_slope)),
+                    tok, ids, config=cfg0))
             # ... and transformers' own (its assisted-decoding path re-runs the prefill, so only up to
             # --hf-pl-max tokens; its decode time is taken from streamer timestamps after the first round)
-            if length <= args.hf_pl_max:
+            if length <= args.hf_pl_max and "prompt_lookup_hf" in methods:
                 row["methods"]["prompt_lookup_hf"] = hf_prompt_lookup(model, tok, ids, it.answers, args)
             if draft_ids:
                 rag = autoregressive(dstate, tok, draft_ids, config=cfg0)
@@ -318,18 +341,28 @@ def main() -> None:
                                               "steady_ms": round(rag.total_ms - rag.ttft_ms, 1),
                                               "tokens_per_s": round(len(rag.token_ids) / (rag.total_ms / 1000), 3)
                                               if rag.token_ids else 0.0}
-                for name, min_n in (("hybrid", args.min_ngram), ("hybrid_ngram1", 1)):
-                    if name == "hybrid_ngram1" and args.min_ngram == 1:
+                for name, min_n, policy in (("hybrid", args.min_ngram, args.draft_length),
+                                            ("hybrid_whole", args.min_ngram, args.draft_length),
+                                            ("hybrid_fixed", args.min_ngram, "fixed"),
+                                            ("hybrid_ngram1", 1, args.draft_length)):
+                    if name not in methods or (name == "hybrid_ngram1" and args.min_ngram == 1) or (
+                            name == "hybrid_fixed" and args.draft_length == "fixed"):
                         continue
-                    hyb = HybridDrafter(NgramDrafter(draft_ids, min_ngram=min_n),
-                                        LMDrafter(dmodel, draft_ids, min_confidence=args.min_confidence, state=dstate))
+                    ngram = NgramDrafter(draft_ids, min_ngram=min_n, fallback_ids=ids if name == "hybrid_whole" else (),
+                                         **(dict(min_agreement=args.min_agreement,
+                                                 length=DraftLength(slope=args.verify_slope))
+                                            if policy == "cost" else {}))
+                    hyb = HybridDrafter(ngram, LMDrafter(dmodel, draft_ids, min_confidence=args.min_confidence,
+                                                         state=dstate),
+                                        llm_length=DraftLength.for_llm(args.verify_slope) if policy == "cost" else None)
                     record(name, rapid_generate(target, hyb, tok, ids, config=cfg0))
                 # n-grams from the retrieved context, then the whole target context; the LLM only while it pays
-                plus = HybridDrafter(NgramDrafter(draft_ids, min_ngram=1, fallback_ids=ids),
-                                     LMDrafter(dmodel, draft_ids, min_confidence=args.min_confidence, state=dstate),
-                                     adaptive=True)
-                record("hybrid_plus", rapid_generate(target, plus, tok, ids, config=cfg0),
-                       {"llm_rounds": plus.tally["llm"][0], "plain_steps": plus.tally["plain"][0]})
+                if "hybrid_plus" in methods:
+                    plus = HybridDrafter(NgramDrafter(draft_ids, min_ngram=1, fallback_ids=ids),
+                                         LMDrafter(dmodel, draft_ids, min_confidence=args.min_confidence, state=dstate),
+                                         adaptive=True)
+                    record("hybrid_plus", rapid_generate(target, plus, tok, ids, config=cfg0),
+                           {"llm_rounds": plus.tally["llm"][0], "plain_steps": plus.tally["plain"][0]})
             if args.sentencekv:  # the same prompt in a SentenceKV cache (prefilled once, reused by crop)
                 from longrag.config import get_settings
                 from longrag.generation.sentencekv import SentenceKVState
