@@ -103,12 +103,15 @@ def search(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     retriever: Annotated[Optional[str], typer.Option(
         "--retriever", help="chunk | situated | bm25 | hybrid (default: LONGRAG_RETRIEVER, hybrid).")] = None,
+    link_hop: Annotated[Optional[int], typer.Option(
+        "--link-hop", help="Top hits read for titles of other documents, whose openings join the results; 0: off "
+        "(default: LONGRAG_LINK_HOP, 5).")] = None,
 ) -> None:
     """Search chunks; prints doc id, offsets, score and text."""
     from longrag.services.runtime import get_corpus
 
     try:
-        hits = get_corpus().search(query, k=k, doc_ids=doc, retriever=retriever)
+        hits = get_corpus().search(query, k=k, doc_ids=doc, retriever=retriever, link_hop=link_hop)
     except LongragError as exc:
         _fail(exc)
     rows = [{"doc_id": h.doc_id, "start": h.start, "end": h.end, "text": h.text, "score": round(h.score, 6)} for h in hits]
@@ -127,6 +130,9 @@ def ask(
     stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print tokens as they come (text output).")] = True,
     retriever: Annotated[Optional[str], typer.Option(
         "--retriever", help="chunk | situated | bm25 | hybrid (default: LONGRAG_RETRIEVER, hybrid).")] = None,
+    link_hop: Annotated[Optional[int], typer.Option(
+        "--link-hop", help="Top hits read for titles of other documents, whose openings join the results; 0: off "
+        "(default: LONGRAG_LINK_HOP, 5).")] = None,
     kv: Annotated[Optional[str], typer.Option("--kv", help="KV cache of the full and rapid modes: full | sentencekv (default: by context length).")] = None,
 ) -> None:
     """Answer a question with evidence (doc id, char offsets, exact text) and timings."""
@@ -141,7 +147,7 @@ def ask(
             sys.stdout.flush()
     try:
         answer = pipe.ask(Question(question, doc_ids=doc, mode=mode, k=k, max_new_tokens=max_new_tokens, kv=kv,
-                                   retriever=retriever), on_token)
+                                   retriever=retriever, link_hop=link_hop), on_token)
     except LongragError as exc:
         _fail(exc)
     if as_json:

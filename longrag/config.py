@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     situated_late_max_tokens: int = 256  # late chunking window (word pieces)
     situated_weights: Path | None = None  # trained adapter (default: the bundled one)
     rrf_k: int = 60  # hybrid: reciprocal rank fusion constant
+    # Title-link hop (docs/situated.md): the first link_hop hits are read for titles of other
+    # documents, whose first chunks go right after the best link_keep hits; 0 = off.
+    # Picked on HotpotQA questions outside the evaluation set (bench/links_dev.py).
+    link_hop: int = 5
+    link_keep: int = 2
     max_new_tokens: int = 48
     full_context_tokens: int = 0  # 0: the decoder's own window minus room for the answer
 

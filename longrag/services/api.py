@@ -66,6 +66,9 @@ class QueryRequest(BaseModel):
     k: int | None = Field(None, ge=1, le=200, description="Passages to retrieve.")
     retriever: str | None = Field(None, description="chunk | situated | bm25 | hybrid (default: the mode's).")
     kv: str | None = Field(None, description="full | sentencekv (default: by context length).")
+    link_hop: int | None = Field(None, ge=0, le=50, description=(
+        "Title-link hop: top passages read for titles of other documents, whose openings join the "
+        "results; 0: off (default: LONGRAG_LINK_HOP)."))
     max_new_tokens: int | None = Field(None, ge=1, le=4096)
     stream: bool = Field(False, description="Stream tokens as server-sent events.")
 

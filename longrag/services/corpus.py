@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
 
 import numpy as np
@@ -25,6 +25,7 @@ from longrag.errors import EmptyDocumentError, FileTooLargeError, InvalidRequest
 from longrag.retrieval.chunking import sentence_chunks
 from longrag.retrieval.embed import Embedder
 from longrag.retrieval.index import VectorIndex
+from longrag.retrieval.links import TitleLinks, link_hop
 from longrag.retrieval.parse import parse_bytes
 from longrag.retrieval.segment import split_sentences
 from longrag.retrieval.types import Chunk, Hit, Sentence
@@ -94,6 +95,7 @@ class Corpus:
         self._indexes: dict[str, tuple[int, VectorIndex]] = {}
         self._mutex = threading.RLock()
         self._lexical: tuple[int, object] | None = None  # (generation, BM25Index) for bm25/hybrid
+        self._titles: tuple[int, TitleLinks, dict[str, int]] | None = None  # (generation, links, lead chunks)
         if type(self.vector_builders) is _DefaultBuilders:
             # Default: store situated vectors too (docs/situated.md); both kinds share one encoding.
             from longrag.retrieval.situated import SituatedVectorBuilder, config_from_settings
@@ -295,6 +297,7 @@ class Corpus:
         doc_ids: Sequence[str] | None = None,
         kind: str | None = None,
         retriever: str | None = None,
+        link_hop: int | None = None,
     ) -> list[Hit]:
         """Search chunks; ``doc_ids`` restricts it to those documents.
 
@@ -303,6 +306,9 @@ class Corpus:
                 vectors) | ``bm25`` | ``hybrid`` (RRF of situated and BM25); None: the
                 configured default (``Settings.retriever``).
             kind: dense search over this stored vector kind (overrides ``retriever``).
+            link_hop: read this many top chunks for titles of other documents and place those
+                documents' first chunks after the best ``Settings.link_keep`` hits
+                (``longrag.retrieval.links``); 0: off; None: ``Settings.link_hop``.
         """
         if not query or not query.strip():
             raise InvalidRequestError("the query is empty")
@@ -311,21 +317,54 @@ class Corpus:
         retriever = retriever or self.settings.retriever
         if kind is None and retriever not in RETRIEVERS:
             raise InvalidRequestError(f"unknown retriever {retriever!r}; choose from {list(RETRIEVERS)}")
+        link_hop = self.settings.link_hop if link_hop is None else link_hop
+        if link_hop < 0 or self.settings.link_keep < 0:
+            raise InvalidRequestError("link_hop and LONGRAG_LINK_KEEP must be >= 0")
         docs = self.check_docs(doc_ids)
         allowed = self.store.chunk_ids_for(docs) if docs else None
         if allowed is not None and not len(allowed):
             return []
         if kind is not None or retriever in ("chunk", "situated"):
             ids, scores = self._dense(query, k, allowed, kind or self._dense_kind(retriever))
-            return self.hits(ids, scores)
-        lexical = self._bm25().search(query, k if retriever == "bm25" else max(50, 5 * k), allowed_ids=allowed)
-        if retriever == "bm25":
-            return self.hits([h.id for h in lexical], [h.score for h in lexical])
-        from longrag.retrieval.fusion import reciprocal_rank_fusion
+        else:
+            lexical = self._bm25().search(query, k if retriever == "bm25" else max(50, 5 * k), allowed_ids=allowed)
+            if retriever == "bm25":
+                ids, scores = [h.id for h in lexical], [h.score for h in lexical]
+            else:
+                from longrag.retrieval.fusion import reciprocal_rank_fusion
 
-        dense_ids, _ = self._dense(query, max(50, 5 * k), allowed, self._dense_kind("situated"))
-        fused = reciprocal_rank_fusion([list(dense_ids), [h.id for h in lexical]], k=self.settings.rrf_k)[:k]
-        return self.hits([i for i, _ in fused], [s for _, s in fused])
+                dense_ids, _ = self._dense(query, max(50, 5 * k), allowed, self._dense_kind("situated"))
+                fused = reciprocal_rank_fusion([list(dense_ids), [h.id for h in lexical]], k=self.settings.rrf_k)
+                ids, scores = [i for i, _ in fused[:k]], [s for _, s in fused[:k]]
+        hits = self.hits(ids, scores)
+        return self._follow_links(hits, k, link_hop, None if docs is None else set(docs)) if link_hop else hits
+
+    def _follow_links(self, hits: list[Hit], k: int, read: int, docs: set[str] | None) -> list[Hit]:
+        """One title-link hop over ``hits`` (docs/situated.md); a linked chunk takes the score of
+        the hit it is placed before, so scores stay non-increasing."""
+        with self._mutex:
+            gen = self.store.generation()
+            if self._titles is None or self._titles[0] != gen:
+                links = TitleLinks((d.doc_id, d.title) for d in self.store.list())
+                self._titles = (gen, links, self.store.lead_chunks())
+            _, links, leads = self._titles
+        if not len(links):
+            return hits
+        by_id = {h.chunk_id: h for h in hits}
+        base = set(by_id)
+        order = link_hop(
+            [h.chunk_id for h in hits], text_of=lambda c: by_id[c].text, doc_of=lambda c: by_id[c].doc_id,
+            lead_of=lambda d: leads.get(d) if docs is None or d in docs else None,
+            links=links, read=read, keep=self.settings.link_keep)[:k]
+        by_id.update({h.chunk_id: h for h in self.hits([c for c in order if c not in base], [0.0] * k)})
+        out: list[Hit] = []
+        for pos, c in enumerate(order):
+            h = by_id[c]
+            if c not in base:
+                after = (by_id[x].score for x in order[pos + 1 :] if x in base)
+                h = replace(h, score=next(after, out[-1].score if out else h.score))
+            out.append(h)
+        return out
 
     def _dense_kind(self, retriever: str) -> str:
         """``situated`` when every chunk has a situated vector, else ``chunk`` (older stores)."""

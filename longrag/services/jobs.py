@@ -439,7 +439,7 @@ def question_from(payload: dict[str, Any]):
     return Question(
         payload["question"], doc_ids=payload.get("doc_ids") or None, mode=payload.get("mode") or "plain",
         k=payload.get("k"), max_new_tokens=payload.get("max_new_tokens"), retriever=payload.get("retriever"),
-        kv=payload.get("kv"), options=payload.get("options") or {},
+        kv=payload.get("kv"), link_hop=payload.get("link_hop"), options=payload.get("options") or {},
     )
 
 

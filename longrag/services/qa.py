@@ -60,6 +60,7 @@ class Question:
     max_new_tokens: int | None = None
     retriever: str | None = None  # chunk | situated | bm25 | hybrid (None: the default)
     kv: str | None = None  # full | sentencekv (None: automatic by context length)
+    link_hop: int | None = None  # title-link hop: top hits read (0: off; None: the default)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -146,7 +147,7 @@ class QAPipeline:
     def retrieve(self, question: Question) -> tuple[list[Hit], float]:
         t0 = time.perf_counter()
         hits = self.corpus.search(question.text, k=question.k or self.settings.top_k, doc_ids=question.doc_ids,
-                                  retriever=question.retriever)
+                                  retriever=question.retriever, link_hop=question.link_hop)
         return hits, (time.perf_counter() - t0) * 1000
 
     def answer_from_context(

@@ -170,6 +170,10 @@ class Store:
                 out[r[0]] = ChunkRow(*r)
         return out
 
+    def lead_chunks(self) -> dict[str, int]:
+        """Each document's first chunk id."""
+        return dict(self._conn.execute("SELECT doc_id, chunk_id FROM chunks WHERE idx=0"))
+
     def chunk_ids_for(self, doc_ids: Iterable[str]) -> np.ndarray:
         ids: list[int] = []
         for d in doc_ids:

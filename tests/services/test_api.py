@@ -164,6 +164,7 @@ def test_bad_input_gets_clear_json_errors_and_changes_nothing(api: httpx.Client)
     assert "empty" in _err(api.post("/v1/query", json={"question": "   "}), 422)["message"]
     _err(api.post("/v1/query", json={"question": "x", "mode": "no-such-mode"}), 422)
     _err(api.post("/v1/query", json={"question": "x", "k": 0}), 422)
+    _err(api.post("/v1/query", json={"question": "x", "link_hop": -1}), 422)
     _err(api.post("/v1/batch", json=["fine", ""]), 422)
     _err(api.post("/v1/batch", json=[]), 422)
     # 404: unknown ids everywhere

@@ -118,3 +118,36 @@ def test_delete_removes_per_document_file_caches(corpus: Corpus):
     (cache_dir / "state.safetensors").write_bytes(b"x")
     corpus.delete(doc.doc_id)
     assert not cache_dir.exists()
+
+
+FILM = ("Kiss and Tell is a 1945 American comedy film. The teenage Corliss Archer was played by Shirley Temple, "
+        "and the film follows her family's misunderstandings.")
+PERSON = ("Shirley Temple Black was an American actress and diplomat. As an adult she served as Chief of Protocol "
+          "of the United States.")
+OTHER = "The Amazon river flows through Brazil and carries more water than any other river."
+
+
+def test_title_link_hop_adds_the_named_documents_opening(corpus: Corpus):
+    film = corpus.ingest_bytes(FILM.encode(), "film.txt", title="Kiss and Tell (1945 film)").doc_id
+    person = corpus.ingest_bytes(PERSON.encode(), "person.txt", title="Shirley Temple").doc_id
+    corpus.ingest_bytes(OTHER.encode(), "amazon.txt")
+    query = "Corliss Archer comedy film"
+    plain = corpus.search(query, k=3, retriever="bm25", link_hop=0)
+    assert [h.doc_id for h in plain] == [film]  # BM25 alone never reaches the person
+    hits = corpus.search(query, k=3, retriever="bm25", link_hop=1)
+    assert [h.doc_id for h in hits] == [film, person]
+    assert hits[1].text == PERSON[hits[1].start : hits[1].end] and hits[1].start == 0
+    assert hits[1].score <= hits[0].score
+    # the default (LONGRAG_LINK_HOP) follows links too; restricting the documents stops it
+    assert person in [h.doc_id for h in corpus.search(query, k=3, retriever="bm25")]
+    assert [h.doc_id for h in corpus.search(query, k=3, retriever="bm25", doc_ids=[film])] == [film]
+    with pytest.raises(InvalidRequestError):
+        corpus.search(query, link_hop=-1)
+    # every answer mode retrieves through QAPipeline.retrieve, which honours Question.link_hop
+    from longrag.services.qa import QAPipeline, Question
+
+    pipe = QAPipeline(corpus)
+    assert [h.doc_id for h in pipe.retrieve(Question(query, k=3, retriever="bm25", link_hop=0))[0]] == [film]
+    assert [h.doc_id for h in pipe.retrieve(Question(query, k=3, retriever="bm25"))[0]] == [film, person]
+    corpus.delete(person)
+    assert [h.doc_id for h in corpus.search(query, k=3, retriever="bm25", link_hop=1)] == [film]
