@@ -15,7 +15,8 @@ Run: ``.venv/bin/python -m bench.situated``; writes ``bench/results/situated.jso
 about 16k units several times (one pass per encoding strategy, plus LangChain's chunks): plan
 on an hour or more on 2 CPU cores; ``--tasks``, ``--methods``, ``--no-langchain`` and
 ``--cache DIR`` (reuse chunk-only and query vectors between runs) run parts of it, and a
-partial run updates those tasks in an existing result file.
+partial run updates those tasks and methods in an existing result file (its arguments are listed
+under ``partial_run_args``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import json
 import math
 import platform
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -36,6 +38,7 @@ from longrag.retrieval.bm25 import BM25Index
 from longrag.retrieval.chunking import sentence_chunks
 from longrag.retrieval.embed import Embedder
 from longrag.retrieval.fusion import reciprocal_rank_fusion
+from longrag.retrieval.links import TitleLinks, link_hop
 from longrag.retrieval.segment import split_sentences
 from longrag.retrieval.situated import SituatedConfig, SituatedEmbedder, UnitDoc, situated_texts
 
@@ -205,6 +208,21 @@ def metrics(task: Task, rankings: list[list[tuple[int, int]]]) -> dict[str, floa
 
 
 # -- methods ----------------------------------------------------------------------------------
+def linked(task: Task, keys: list[tuple[int, int]], rankings: Sequence[Sequence[int]], read: int,
+           keep: int) -> list[list[int]]:
+    """Each ranking after one title-link hop (``longrag.retrieval.links``), as the product does."""
+    links = TitleLinks((d, doc.title) for d, doc in enumerate(task.docs))
+    first = np.cumsum([0, *(len(d.units) for d in task.docs)])
+
+    def text_of(row: int) -> str:
+        d, u = keys[row]
+        return task.docs[d].text[slice(*task.docs[d].units[u])]
+
+    return [link_hop([int(r) for r in ranked], text_of=text_of, doc_of=lambda row: keys[row][0],
+                     lead_of=lambda d: int(first[d]) if task.docs[d].units else None, links=links,
+                     read=read, keep=keep) for ranked in rankings]
+
+
 def langchain_rankings(task: Task, embedder: Embedder, qv: np.ndarray, depth: int,
                        chunk_size: int, overlap: int) -> tuple[list[list[tuple[int, int]]], float]:
     """LangChain RecursiveCharacterTextSplitter chunks, same embedder, FAISS flat IP; each
@@ -242,7 +260,8 @@ def langchain_rankings(task: Task, embedder: Embedder, qv: np.ndarray, depth: in
 
 
 def run_task(task: Task, embedder: Embedder, methods: dict[str, SituatedConfig], *, lc: tuple[int, int],
-             cache: Path | None = None, baselines: bool = True, langchain: bool = True) -> dict:
+             cache: Path | None = None, baselines: bool = True, langchain: bool = True,
+             link_hop: tuple[int, int] = (5, 2)) -> dict:
     print(f"\n== {task.name}: {len(task.docs)} docs, {sum(len(d.units) for d in task.docs)} units, "
           f"{len(task.queries)} queries", flush=True)
     keys = unit_keys(task)
@@ -298,11 +317,15 @@ def run_task(task: Task, embedder: Embedder, methods: dict[str, SituatedConfig],
     sbm = BM25Index(list(range(len(keys))), [t for d in task.docs for t in situated_texts(d)])
     sbm_rank = [[h.id for h in sbm.search(q, depth)] for q in task.queries]
     record("bm25_situated", sbm_rank, None)
+    if link_hop[0]:  # the link hop is not specific to the hybrid: BM25 with it, for comparison
+        record("bm25_situated+links", linked(task, keys, sbm_rank, *link_hop), None)
     fused = [[i for i, _ in reciprocal_rank_fusion([list(map(int, d)), b])] for d, b in zip(dense_rank["chunk"], bm_rank)]
     record("hybrid(chunk+bm25)", fused, None)
     for name in ["chunk", *methods]:
         fused = [[i for i, _ in reciprocal_rank_fusion([list(map(int, d)), b])] for d, b in zip(dense_rank[name], sbm_rank)]
         record(f"hybrid({name}+bm25_situated)", fused, None)
+        if name in ("chunk", "residual_pool") and link_hop[0]:
+            record(f"hybrid({name}+bm25_situated)+links", linked(task, keys, fused, *link_hop), None)
     if not langchain:
         return {"docs": len(task.docs), "units": len(keys), "queries": len(task.queries),
                 "chunk_only_encode_seconds": round(t_chunk, 2), "methods": results}
@@ -365,6 +388,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="reuse chunk-only and query vectors (and their timing) stored here by an earlier run")
     ap.add_argument("--no-baselines", action="store_true", help="skip BM25, hybrid and LangChain")
     ap.add_argument("--no-langchain", action="store_true", help="skip the LangChain pipeline")
+    ap.add_argument("--link-hop", default="5,2",
+                    help="READ,KEEP of the title-link hop after the hybrid (the product's LONGRAG_LINK_HOP / "
+                         "LONGRAG_LINK_KEEP); 0,0: no link rows")
     ap.add_argument("--cost-docs", type=int, default=150, help="documents in the ingestion-cost timing (0: skip)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
@@ -401,17 +427,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         task = builders[name]()
         lc = (256, 32) if task.level == "sentence" else (1000, 100)
         out["tasks"][task.name] = run_task(task, embedder, methods, lc=lc, cache=args.cache,
-                                           baselines=not args.no_baselines, langchain=not args.no_langchain)
+                                           baselines=not args.no_baselines, langchain=not args.no_langchain,
+                                           link_hop=tuple(map(int, args.link_hop.split(","))))
     out["total_seconds"] = round(time.perf_counter() - t_start, 1)
-    if args.out.exists() and args.tasks != ap.get_default("tasks"):
-        # a partial run (some tasks) updates those tasks of an earlier full result
+    partial = args.tasks != ap.get_default("tasks") or args.methods or args.no_baselines or args.no_langchain
+    if args.out.exists() and partial:
+        # a partial run (some tasks or methods) updates those of an earlier full result
         earlier = json.loads(args.out.read_text())
+        for name, task_out in out["tasks"].items():  # methods run now replace theirs, others stay
+            methods_now = task_out["methods"]
+            task_out["methods"] = {**earlier["tasks"].get(name, {}).get("methods", {}), **methods_now}
         earlier["tasks"].update(out["tasks"])
         earlier["configs"].update(out["configs"])
         if "ingest_cost" in out:
             earlier["ingest_cost"] = out["ingest_cost"]
         out = {**earlier, **{k: v for k, v in out.items() if k not in ("tasks", "configs")}, "tasks": earlier["tasks"],
-               "configs": earlier["configs"], "partial_runs": True}
+               "configs": earlier["configs"], "partial_runs": True,
+               "partial_run_args": [*earlier.get("partial_run_args", []),
+                                    {"argv": list(argv) if argv is not None else sys.argv[1:],
+                                     "date": time.strftime("%Y-%m-%d"), "seconds": out["total_seconds"]}]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
     print(f"\nwrote {args.out}")
