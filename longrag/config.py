@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     # match, LLM: up to gamma with the confidence stop)
     rapid_draft_length: str = "cost"
     rapid_verify_slope: float = 0.15  # DraftLength's prior: extra verification cost per drafted token, in steps
+    # cost-aware lengths: start each answer from the estimates the previous answer learnt (same models,
+    # drafter, context size; per process) instead of the priors
+    rapid_warm_start: bool = True
     # hybrid / ngram drafter: draft from a match only when this share of the n-gram's occurrences continue alike
     rapid_ngram_min_agreement: float = 0.5
     # hybrid / ngram drafter: look n-grams up in the target's whole context when the retrieved one has none

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -364,6 +365,23 @@ class DraftLength:
         SmolLM2 step at 1k context vs an fp32 one at 8k here); both are re-measured while decoding."""
         return cls(slope=slope, acceptance=0.7, draft_cost=0.4)
 
+    def carried(self, *, weight: float = 8.0) -> DraftLength:
+        """A fresh estimate for the next answer that starts from this one's measurements.
+
+        The measured acceptance, slope and drafting cost become the new priors, the acceptance
+        worth at most ``weight`` drafts and the cost line at most ``weight`` rounds, so the next
+        answer skips most of the learning yet a different document still moves the estimates
+        within a few rounds. Where probing drifts back to is the carried acceptance, no longer
+        the original prior: a draft kind measured not to pay stops being probed at its prior.
+        """
+        if weight <= 0:
+            raise ValueError("weight must be > 0")
+        accepted, rejected = self._counts
+        return DraftLength(
+            slope=self.slope, acceptance=min(0.98, max(0.02, self.acceptance)), draft_cost=self.draft_cost,
+            prior_weight=min(weight, accepted + rejected), recover=self.recover,
+            prior_rounds=min(weight, self.prior_rounds + self._sums[0]))
+
     @property
     def acceptance(self) -> float:
         """The per-token acceptance estimate."""
@@ -428,6 +446,29 @@ class DraftLength:
             return
         self._counts[0] += accepted
         self._counts[1] += 1 if accepted < drafted else 0  # a fully accepted draft is censored
+
+
+class LearntLengths:
+    """Cost-aware draft-length estimates carried from one answer to the next (thread-safe): an
+    answer of 24-48 tokens otherwise spends its first rounds re-learning what the previous answer
+    measured. The caller picks the key; the RAPID mode uses the models, the kind of draft and the
+    context size (bit length of its token count: verification cost grows with the context)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[tuple, DraftLength] = {}
+
+    def start(self, key: tuple, make: Callable[[], DraftLength]) -> DraftLength:
+        """The estimate to start an answer with: the last answer's, carried, else ``make()``."""
+        with self._lock:
+            last = self._last.get(key)
+        return last.carried() if last is not None else make()
+
+    def keep(self, key: tuple, length: DraftLength | None) -> None:
+        if length is not None:
+            with self._lock:
+                self._last[key] = length
+
 
 
 class NgramDrafter:

@@ -19,6 +19,7 @@ from longrag.generation.rapid import (
     DraftLength,
     HybridDrafter,
     KVState,
+    LearntLengths,
     LMDrafter,
     NgramDrafter,
     RapidConfig,
@@ -348,6 +349,33 @@ def test_draft_length_follows_acceptance_and_verification_cost():
             DraftLength(**bad_args)
 
 
+def test_carried_estimates_start_the_next_answer_where_the_last_one_ended():
+    bad = DraftLength.for_llm()
+    for k in (0, 2, 5) * 3:
+        bad.observe_verify(k, 0.1 * (1 + 0.5 * k))
+    for _ in range(6):
+        bad.observe_draft(max(1, bad.best(10)), 0)  # LLM drafts always rejected
+    assert bad.best(10) == 0
+    nxt = bad.carried(weight=8)
+    assert nxt.best(10) == 0 and DraftLength.for_llm().best(10) >= 1  # no probe at the old prior
+    assert abs(nxt.acceptance - bad.acceptance) < 1e-9 and abs(nxt.slope - bad.slope) < 1e-9
+    for _ in range(40):
+        nxt.observe_draft(0, 0)  # probing drifts back to the carried acceptance, not to 0.7
+    assert nxt.acceptance < 0.2
+    # a carried estimate still moves: a few fully accepted drafts on the next document lift it
+    for _ in range(6):
+        nxt.observe_draft(4, 4)
+    assert nxt.acceptance > 0.7
+    with pytest.raises(ValueError):
+        bad.carried(weight=0)
+    store = LearntLengths()
+    made = store.start(("m", "llm", 14), DraftLength.for_llm)
+    assert made.acceptance == pytest.approx(0.7)  # nothing learnt yet: the prior
+    store.keep(("m", "llm", 14), bad)
+    assert store.start(("m", "llm", 14), DraftLength.for_llm).best(10) == 0
+    assert store.start(("m", "llm", 13), DraftLength.for_llm).acceptance == pytest.approx(0.7)  # other key
+
+
 def test_adaptive_hybrid_drafts_with_the_llm_only_while_it_pays():
     from longrag.generation.rapid import Draft
 
@@ -458,6 +486,25 @@ def test_rapid_mode_draft_lengths_give_the_same_greedy_answer(tiny_decoder_dir):
     assert cost.answer == fixed.answer and cost.stats["generated_tokens"] == fixed.stats["generated_tokens"] > 0
     assert (cost.stats["draft_length"], fixed.stats["draft_length"]) == ("cost", "fixed")
     assert ask(fixed_pipe, drafter="llm").stats["draft_length"] is None  # the paper's drafter: gamma + confidence
+
+
+def test_rapid_mode_warm_start_carries_estimates_between_answers(tiny_decoder_dir, monkeypatch):
+    from longrag.services.modes import rapid as mode
+
+    def ask(pipe):
+        return pipe.ask(Question("Who was the Norman leader?", mode="rapid", max_new_tokens=12,
+                                 options={"budget_tokens": 64, "threshold": 0.0}))
+
+    monkeypatch.setattr(mode, "LEARNT", LearntLengths())  # this process's store, fresh for the test
+    cold = ask(_pipe(tiny_decoder_dir, rapid_warm_start=False))
+    assert cold.stats["warm_start"] is False and not mode.LEARNT._last  # nothing kept without warm start
+    first = ask(_pipe(tiny_decoder_dir))
+    kept = dict(mode.LEARNT._last)
+    assert first.stats["warm_start"] is True and {key[4] for key in kept} == {"ngram", "llm"}
+    second = ask(_pipe(tiny_decoder_dir))
+    # the second answer started from the first's estimates and left its own; greedy output unchanged
+    assert all(mode.LEARNT._last[key] is not kept[key] for key in kept)
+    assert cold.answer == first.answer == second.answer
 
 
 def test_rapid_mode_refuses_drafter_with_other_tokenizer(tiny_decoder_dir, tmp_path):

@@ -31,6 +31,7 @@ from longrag.generation.rapid import (
     DraftLength,
     HybridDrafter,
     KVState,
+    LearntLengths,
     LMDrafter,
     NgramDrafter,
     RapidConfig,
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 
 DRAFTERS = ("llm", "hybrid", "ngram")
 DRAFT_LENGTHS = ("cost", "fixed")
+
+LEARNT = LearntLengths()  # this process's carried estimates (LONGRAG_RAPID_WARM_START)
 
 
 def load_drafter(pipe: QAPipeline, weights: str = "fp32") -> Any:
@@ -193,16 +196,26 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
         if drafter_kind == "llm":
             drafter = LMDrafter(drafter_dec.model, draft_ids, min_confidence=min_conf)
         else:  # the n-gram index is built only for the kinds that look n-grams up
-            length = DraftLength(slope=s.rapid_verify_slope) if s.rapid_draft_length == "cost" else None
+            learnt = LEARNT if s.rapid_warm_start else LearntLengths()
+            keys = {kind: (target.name, drafter_dec.name, weights, drafter_kind, kind, len(target_ids).bit_length())
+                    for kind in ("ngram", "llm")}
+            length = llm_length = None
+            if s.rapid_draft_length == "cost":
+                length = learnt.start(keys["ngram"], lambda: DraftLength(slope=s.rapid_verify_slope))
+                if drafter_kind == "hybrid":
+                    llm_length = learnt.start(keys["llm"], lambda: DraftLength.for_llm(s.rapid_verify_slope))
             ngram = NgramDrafter(draft_ids, max_ngram=s.rapid_max_ngram, min_ngram=s.rapid_min_ngram,
                                  fallback_ids=target_ids if s.rapid_ngram_whole_context else (),
                                  min_agreement=s.rapid_ngram_min_agreement, length=length)
             drafter = ngram if drafter_kind == "ngram" else HybridDrafter(
                 ngram, LMDrafter(drafter_dec.model, draft_ids, min_confidence=min_conf), adaptive=s.rapid_adaptive,
-                llm_length=DraftLength.for_llm(s.rapid_verify_slope) if length is not None else None)
+                llm_length=llm_length)
     else:
         log.info("rapid: retrieval kept no chunk over threshold %.2f; target-only decoding", threshold)
     gen = rapid_generate(state, drafter, target.tokenizer, target_ids, config=config, on_token=on_token)
+    if drafter is not None and drafter_kind != "llm":
+        learnt.keep(keys["ngram"], length)
+        learnt.keep(keys["llm"], llm_length)
     if kv == "sentencekv" and "kv_fallback" not in kv_stats:
         kv_stats = store.stats(prompt, prompt.cache.peak_prefill_bytes)
 
@@ -222,6 +235,7 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
         "drafter_weights": weights_of(drafter_dec.model) if drafter is not None and drafter_kind != "ngram" else None,
         "gamma": config.gamma,
         "draft_length": s.rapid_draft_length if drafter is not None and drafter_kind != "llm" else None,
+        "warm_start": bool(s.rapid_warm_start and length is not None) if drafter is not None and drafter_kind != "llm" else None,
         "eta": config.eta,
         "temperature": config.temperature,
         "context_tokens": window_tokens,
