@@ -26,6 +26,9 @@ and answer F1 are compared on equal terms:
 - ``ngram_cost``: n-gram lookup (3..1 tokens) in the whole target prompt with the
   unambiguous-match rule and the cost-aware length, no LLM drafter (``prompt_lookup`` made
   cost-aware);
+- ``hybrid_warm`` / ``ngram_cost_warm``: ``hybrid`` / ``ngram_cost`` with each answer's cost-aware
+  estimates starting from the previous question's (``DraftLength.carried``, per context length),
+  as the product does with ``LONGRAG_RAPID_WARM_START``; the questions run in the listed order;
 - ``hybrid_plus``: n-gram lookup in the retrieved context, then in the whole target context
   (``LONGRAG_RAPID_NGRAM_WHOLE_CONTEXT``), the LLM drafter only while its measured rounds beat
   plain target steps (``LONGRAG_RAPID_ADAPTIVE``);
@@ -223,7 +226,7 @@ def main() -> None:
 
     from longrag.generation.prompts import answer_messages, encode_chat
     from longrag.generation.rapid import (
-        DraftLength, HybridDrafter, KVState, LMDrafter, NgramDrafter, RapidConfig, autoregressive,
+        DraftLength, HybridDrafter, KVState, LearntLengths, LMDrafter, NgramDrafter, RapidConfig, autoregressive,
         rapid_generate, retrieve_context,
     )
     from longrag.models.registry import load_decoder, load_embedder
@@ -237,7 +240,8 @@ def main() -> None:
     cfg0 = RapidConfig(gamma=args.gamma, eta=0.0, max_new_tokens=args.max_new_tokens)
     methods = ["target", "rapid_eta0", *[f"rapid_eta{e:g}" for e in args.etas],
                *([f"rapid_eta{args.etas[-1]:g}_fp32"] if compare32 and args.etas else []), "self_spec", "prompt_lookup",
-               "prompt_lookup_hf", "ngram_cost", "rag_only", "hybrid", "hybrid_whole", "hybrid_fixed", "hybrid_ngram1", "hybrid_plus",
+               "prompt_lookup_hf", "ngram_cost", "ngram_cost_warm", "rag_only", "hybrid", "hybrid_warm", "hybrid_whole",
+               "hybrid_fixed", "hybrid_ngram1", "hybrid_plus",
                *(["skv_target", "rapid_skv_eta0", *[f"rapid_skv_eta{e:g}" for e in args.etas]] if args.sentencekv else [])]
     methods = [m for m in methods if m not in args.skip]
     rows: list[dict[str, Any]] = []
@@ -252,6 +256,15 @@ def main() -> None:
                  "distractor articles), half L-Eval natural_question (window around a verbatim answer)."),
     }
     t_start = time.perf_counter()
+    learnt = LearntLengths()  # the *_warm methods carry their estimates across questions, as the product does
+
+    def lengths_for(name: str, kind: str, length: int, make):
+        if not name.endswith("_warm"):
+            return make()
+        d = learnt.start((name, kind, length), make)
+        learnt.keep((name, kind, length), d)  # the same object learns during this answer
+        return d
+
     per_length = {L: [x for pair in zip(squad_items(tok, L, (args.n + 1) // 2, args.seed),
                                         leval_items(tok, L, (args.n + 1) // 2, args.seed)) for x in pair][: args.n]
                   for L in args.lengths}
@@ -324,10 +337,12 @@ def main() -> None:
                 del sstate
             # prompt-lookup decoding: n-gram lookup in the whole target prompt (ours, same cache) ...
             record("prompt_lookup", rapid_generate(target, NgramDrafter(ids, max_ngram=2), tok, ids, config=cfg0))
-            if "ngram_cost" in methods:  # ... and with the unambiguous-match rule and the cost-aware length
-                record("ngram_cost", rapid_generate(target, NgramDrafter(
-                    ids, min_agreement=args.min_agreement, length=DraftLength(slope=args.verify_slope)),
-                    tok, ids, config=cfg0))
+            for name in ("ngram_cost", "ngram_cost_warm"):  # ... with the unambiguous-match rule and the
+                if name in methods:  # cost-aware length (_warm: estimates carried across questions)
+                    record(name, rapid_generate(target, NgramDrafter(
+                        ids, min_agreement=args.min_agreement,
+                        length=lengths_for(name, "ngram", length, lambda: DraftLength(slope=args.verify_slope))),
+                        tok, ids, config=cfg0))
             # ... and transformers' own (its assisted-decoding path re-runs the prefill, so only up to
             # --hf-pl-max tokens; its decode time is taken from streamer timestamps after the first round)
             if length <= args.hf_pl_max and "prompt_lookup_hf" in methods:
@@ -342,6 +357,7 @@ def main() -> None:
                                               "tokens_per_s": round(len(rag.token_ids) / (rag.total_ms / 1000), 3)
                                               if rag.token_ids else 0.0}
                 for name, min_n, policy in (("hybrid", args.min_ngram, args.draft_length),
+                                            ("hybrid_warm", args.min_ngram, "cost"),
                                             ("hybrid_whole", args.min_ngram, args.draft_length),
                                             ("hybrid_fixed", args.min_ngram, "fixed"),
                                             ("hybrid_ngram1", 1, args.draft_length)):
@@ -350,11 +366,14 @@ def main() -> None:
                         continue
                     ngram = NgramDrafter(draft_ids, min_ngram=min_n, fallback_ids=ids if name == "hybrid_whole" else (),
                                          **(dict(min_agreement=args.min_agreement,
-                                                 length=DraftLength(slope=args.verify_slope))
+                                                 length=lengths_for(name, "ngram", length,
+                                                                    lambda: DraftLength(slope=args.verify_slope)))
                                             if policy == "cost" else {}))
                     hyb = HybridDrafter(ngram, LMDrafter(dmodel, draft_ids, min_confidence=args.min_confidence,
                                                          state=dstate),
-                                        llm_length=DraftLength.for_llm(args.verify_slope) if policy == "cost" else None)
+                                        llm_length=lengths_for(name, "llm", length,
+                                                               lambda: DraftLength.for_llm(args.verify_slope))
+                                        if policy == "cost" else None)
                     record(name, rapid_generate(target, hyb, tok, ids, config=cfg0))
                 # n-grams from the retrieved context, then the whole target context; the LLM only while it pays
                 if "hybrid_plus" in methods:
