@@ -470,7 +470,6 @@ class LearntLengths:
                 self._last[key] = length
 
 
-
 class NgramDrafter:
     """Prompt-lookup drafting: copy what followed the latest n-gram in a reference text.
 
