@@ -26,7 +26,8 @@ and answer F1 are compared on equal terms:
 - ``ngram_cost``: n-gram lookup (3..1 tokens) in the whole target prompt with the
   unambiguous-match rule and the cost-aware length, no LLM drafter (``prompt_lookup`` made
   cost-aware);
-- ``hybrid_warm`` / ``ngram_cost_warm``: ``hybrid`` / ``ngram_cost`` with each answer's cost-aware
+- ``hybrid_warm`` / ``hybrid_whole_warm`` / ``ngram_cost_warm``: ``hybrid`` / ``hybrid_whole`` /
+  ``ngram_cost`` with each answer's cost-aware
   estimates starting from the previous question's (``DraftLength.carried``, per context length),
   as the product does with ``LONGRAG_RAPID_WARM_START``; the questions run in the listed order;
 - ``hybrid_plus``: n-gram lookup in the retrieved context, then in the whole target context
@@ -241,7 +242,7 @@ def main() -> None:
     methods = ["target", "rapid_eta0", *[f"rapid_eta{e:g}" for e in args.etas],
                *([f"rapid_eta{args.etas[-1]:g}_fp32"] if compare32 and args.etas else []), "self_spec", "prompt_lookup",
                "prompt_lookup_hf", "ngram_cost", "ngram_cost_warm", "rag_only", "hybrid", "hybrid_warm", "hybrid_whole",
-               "hybrid_fixed", "hybrid_ngram1", "hybrid_plus",
+               "hybrid_whole_warm", "hybrid_fixed", "hybrid_ngram1", "hybrid_plus",
                *(["skv_target", "rapid_skv_eta0", *[f"rapid_skv_eta{e:g}" for e in args.etas]] if args.sentencekv else [])]
     methods = [m for m in methods if m not in args.skip]
     rows: list[dict[str, Any]] = []
@@ -359,12 +360,14 @@ def main() -> None:
                 for name, min_n, policy in (("hybrid", args.min_ngram, args.draft_length),
                                             ("hybrid_warm", args.min_ngram, "cost"),
                                             ("hybrid_whole", args.min_ngram, args.draft_length),
+                                            ("hybrid_whole_warm", args.min_ngram, "cost"),
                                             ("hybrid_fixed", args.min_ngram, "fixed"),
                                             ("hybrid_ngram1", 1, args.draft_length)):
                     if name not in methods or (name == "hybrid_ngram1" and args.min_ngram == 1) or (
                             name == "hybrid_fixed" and args.draft_length == "fixed"):
                         continue
-                    ngram = NgramDrafter(draft_ids, min_ngram=min_n, fallback_ids=ids if name == "hybrid_whole" else (),
+                    ngram = NgramDrafter(draft_ids, min_ngram=min_n,
+                                         fallback_ids=ids if name.startswith("hybrid_whole") else (),
                                          **(dict(min_agreement=args.min_agreement,
                                                  length=lengths_for(name, "ngram", length,
                                                                     lambda: DraftLength(slope=args.verify_slope)))
