@@ -83,15 +83,16 @@ def link_hop(
     doc_of: Callable[[int], Hashable],
     lead_of: Callable[[Hashable], int | None],
     links: TitleLinks,
-    read: int = 3,
-    keep: int = 3,
+    read: int = 5,
+    keep: int = 2,
 ) -> list[int]:
     """Re-rank ``ranked`` (unit ids, best first) with one hop along title links.
 
     The first ``read`` units are read for names of other documents; the opening unit of each
     named document (``lead_of``; None when it may not be returned, e.g. outside the searched
     documents) is placed right after the first ``keep`` units, in order of mention, and the rest
-    follows without duplicates. ``read=0`` returns the ranking unchanged.
+    follows without duplicates. ``read=0`` returns the ranking unchanged. The defaults are the
+    product's (``LONGRAG_LINK_HOP`` / ``LONGRAG_LINK_KEEP``, picked by bench/links_dev.py).
     """
     if read < 0 or keep < 0:
         raise ValueError("read and keep must be >= 0")
