@@ -437,6 +437,17 @@ class DraftLength:
         self._drafting[0] += drafted
         self._drafting[1] += seconds
 
+    def observe_round(self, draft: Draft, accepted: int, *, kind: str, verify_seconds: float,
+                      drafting_seconds: float | None = None) -> None:
+        """One round of the decoding loop: its verification time always (plain steps and the
+        other kind's drafts too), and, when it was a draft of this ``kind``, its acceptance and
+        (``drafting_seconds``, LLM drafts) its drafting time."""
+        self.observe_verify(len(draft.tokens), verify_seconds)
+        if draft.source == kind and draft.tokens:
+            self.observe_draft(len(draft.tokens), accepted)
+            if drafting_seconds is not None:
+                self.observe_drafting(len(draft.tokens), drafting_seconds)
+
     def observe_draft(self, drafted: int, accepted: int) -> None:
         """A draft of ``drafted`` tokens of this kind had its first ``accepted`` accepted (0 drafted:
         a round where :meth:`best` chose no draft)."""
@@ -537,11 +548,9 @@ class NgramDrafter:
 
     def observe(self, draft: Draft, accepted: int, seconds: float, *, verify_seconds: float | None = None) -> None:
         """A round's outcome (see :func:`rapid_generate`): feeds the cost-aware ``length``."""
-        if self.length is None:
-            return
-        self.length.observe_verify(len(draft.tokens), seconds if verify_seconds is None else verify_seconds)
-        if draft.source == "ngram" and draft.tokens:
-            self.length.observe_draft(len(draft.tokens), accepted)
+        if self.length is not None:
+            self.length.observe_round(draft, accepted, kind="ngram",
+                                      verify_seconds=seconds if verify_seconds is None else verify_seconds)
 
 
 class HybridDrafter:
@@ -596,10 +605,8 @@ class HybridDrafter:
         self.ngram.observe(draft, accepted, seconds, verify_seconds=verify_seconds)
         if self.llm_length is not None:
             verifying = seconds if verify_seconds is None else verify_seconds
-            self.llm_length.observe_verify(len(draft.tokens), verifying)
-            if draft.source == "llm" and draft.tokens:
-                self.llm_length.observe_draft(len(draft.tokens), accepted)
-                self.llm_length.observe_drafting(len(draft.tokens), max(0.0, seconds - verifying))
+            self.llm_length.observe_round(draft, accepted, kind="llm", verify_seconds=verifying,
+                                          drafting_seconds=max(0.0, seconds - verifying))
         arm = draft.source if draft.tokens else "plain"
         if arm in self.tally:
             t = self.tally[arm]
@@ -914,9 +921,10 @@ def rapid_generate(
         res["target_calls"] += 1
         verdict = verify(draft.tokens, draft.probs, logits, eta=config.eta, temperature=config.temperature,
                          tail=config.tail, generator=gen)
-        res["verify_ms"] += (time.perf_counter() - tv) * 1000
+        tend = time.perf_counter()
+        res["verify_ms"] += (tend - tv) * 1000
         if hasattr(drafter, "observe"):
-            drafter.observe(draft, verdict.accepted, time.perf_counter() - td, verify_seconds=time.perf_counter() - tv)
+            drafter.observe(draft, verdict.accepted, tend - td, verify_seconds=tend - tv)
         if k:
             res["rounds"] += 1
             res["drafted"] += k
