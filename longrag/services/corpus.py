@@ -337,7 +337,9 @@ class Corpus:
                 fused = reciprocal_rank_fusion([list(dense_ids), [h.id for h in lexical]], k=self.settings.rrf_k)
                 ids, scores = [i for i, _ in fused[:k]], [s for _, s in fused[:k]]
         hits = self.hits(ids, scores)
-        return self._follow_links(hits, k, link_hop, None if docs is None else set(docs)) if link_hop else hits
+        if not link_hop or (docs is not None and len(docs) == 1):  # one document links nowhere
+            return hits
+        return self._follow_links(hits, k, link_hop, None if docs is None else set(docs))
 
     def _follow_links(self, hits: list[Hit], k: int, read: int, docs: set[str] | None) -> list[Hit]:
         """One title-link hop over ``hits`` (docs/situated.md); a linked chunk takes the score of
