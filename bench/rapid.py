@@ -249,7 +249,7 @@ def main() -> None:
     meta = {
         "hardware": hardware(),
         "decoder": args.decoder,
-        "settings": {k: v for k, v in vars(args).items()},
+        "settings": {**vars(args), "packed_linears": dec.extra.get("packed_linears", 0)},
         "methods": methods,
         "note": ("greedy decoding; decode throughput excludes the shared target prefill (each method starts "
                  "from the same pre-filled target cache); drafter prefills are timed separately "

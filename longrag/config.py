@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     embed_backend: str = "auto"
     device: str = "auto"  # auto | cpu | cuda
     torch_threads: int = 0  # 0: leave torch's default
+    # CPU decoders multiply by oneDNN pre-packed copies of their fp32 linear weights (one more copy
+    # of those weights in memory; generation/packed.py): short blocks (verification, CFIC steps)
+    # ~2x faster, prefill a few percent (bench/packed.py)
+    packed_weights: bool = True
 
     max_file_bytes: int = 50 * 1024 * 1024
     chunk_tokens: int = 128  # target embedder tokens per sentence-aligned chunk

@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from longrag.generation.packed import PackedLinear
+
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 WEIGHTS = ("fp32", *DTYPES)
 
@@ -32,13 +34,13 @@ class HalfWeightLinear(nn.Module):
     """An ``nn.Linear`` that multiplies short inputs by a half-precision copy of its weight.
 
     Args:
-        linear: the source layer; kept (weights shared, not copied) for inputs longer than
-            ``max_rows`` rows.
+        linear: the source layer (an ``nn.Linear`` or a :class:`PackedLinear`); kept (weights shared,
+            not copied) for inputs longer than ``max_rows`` rows.
         dtype: ``torch.float16`` or ``torch.bfloat16``.
         max_rows: most rows (tokens) computed with the half-precision copy.
     """
 
-    def __init__(self, linear: nn.Linear, dtype: torch.dtype, *, max_rows: int = 4) -> None:
+    def __init__(self, linear: nn.Linear | PackedLinear, dtype: torch.dtype, *, max_rows: int = 4) -> None:
         super().__init__()
         self.full = linear
         self.max_rows = max_rows
@@ -68,10 +70,13 @@ def half_weight_twin(model: nn.Module, weights: str = "fp16", *, max_rows: int =
         raise ValueError(f"weights must be one of {sorted(DTYPES)}, got {weights!r}")
     if next(model.parameters()).dtype != torch.float32:
         raise ValueError("a half-weight twin needs an fp32 model")
-    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    # parameters, buffers and packed layers (generation/packed.py) are shared with the source
+    shared = itertools.chain(model.parameters(), model.buffers(),
+                             (m for m in model.modules() if isinstance(m, PackedLinear)))
+    memo = {id(t): t for t in shared}
     twin = copy.deepcopy(model, memo)
-    swaps = [(parent, name, child) for parent in twin.modules() for name, child in parent.named_children()
-             if isinstance(child, nn.Linear)]
+    swaps = [(parent, name, child) for parent in twin.modules() if not isinstance(parent, PackedLinear)
+             for name, child in parent.named_children() if isinstance(child, (nn.Linear, PackedLinear))]
     for parent, name, child in swaps:
         setattr(parent, name, HalfWeightLinear(child, DTYPES[weights], max_rows=max_rows))
     return twin.eval()

@@ -237,6 +237,7 @@ def load_decoder(name: str | None = None, *, device: str | None = None, weights:
 
     from longrag.config import get_settings
     from longrag.generation.fastkv import use_fast_attention
+    from longrag.generation.packed import pack_linears
 
     settings = get_settings()
     name = name or settings.decoder
@@ -251,10 +252,11 @@ def load_decoder(name: str | None = None, *, device: str | None = None, weights:
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype).to(device).eval()
     use_fast_attention(model)  # sdpa with packed GQA blocks (generation/fastkv.py)
+    packed = pack_linears(model) if device == "cpu" and settings.packed_weights else 0
     window = spec.context_window if spec else int(getattr(model.config, "max_position_embeddings", 4096))
-    dec = Decoder(name, model, tokenizer, window, device, time.perf_counter() - t0)
+    dec = Decoder(name, model, tokenizer, window, device, time.perf_counter() - t0, {"packed_linears": packed})
     _decoders[key] = dec
-    log.info("loaded decoder %s on %s in %.2fs", name, device, dec.load_seconds)
+    log.info("loaded decoder %s on %s in %.2fs (%d linear layers packed)", name, device, dec.load_seconds, packed)
     return dec
 
 

@@ -39,6 +39,7 @@ from transformers import DynamicCache
 
 from longrag.generation.decoding import stop_token_ids
 from longrag.generation.fastkv import new_cache
+from longrag.generation.packed import pack_linears, unpack_linears
 from longrag.generation.prompts import chat_text, encode_halves
 from longrag.retrieval.types import Sentence
 
@@ -815,7 +816,10 @@ def load_adapter_extractor(decoder: Any, adapter_dir: str, *, options: CficOptio
     from peft import PeftModel
 
     base = copy.deepcopy(decoder.model)
+    packed = unpack_linears(base)  # PEFT rewrites plain nn.Linear layers
     model = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().eval()
+    if packed:
+        pack_linears(model)
     return CficExtractor(model, decoder.tokenizer, context_window=decoder.context_window, options=options,
                          prefix_cache_mb=prefix_cache_mb)
 
