@@ -213,7 +213,8 @@ def main() -> None:
                     help="hybrid / ngram_cost: draft from a match only when this share of the n-gram's "
                          "occurrences continue the same way")
     ap.add_argument("--verify-slope", type=float, default=0.15, help="DraftLength's prior verification slope")
-    ap.add_argument("--skip", nargs="*", default=[], help="methods not to run (e.g. hybrid_plus self_spec)")
+    ap.add_argument("--skip", nargs="*", default=[],
+                    help="methods not to run (e.g. hybrid_plus self_spec); any but target, the baseline")
     ap.add_argument("--drafter-weights", default="fp16", choices=["fp32", "fp16", "bf16"],
                     help="the LLM drafter's one-token linear weights (generation/precision.py)")
     ap.add_argument("--sentencekv", action="store_true", help="also RAPID on a SentenceKV target (and its baseline)")
@@ -244,7 +245,7 @@ def main() -> None:
                "prompt_lookup_hf", "ngram_cost", "ngram_cost_warm", "rag_only", "hybrid", "hybrid_warm", "hybrid_whole",
                "hybrid_whole_warm", "hybrid_fixed", "hybrid_ngram1", "hybrid_plus",
                *(["skv_target", "rapid_skv_eta0", *[f"rapid_skv_eta{e:g}" for e in args.etas]] if args.sentencekv else [])]
-    methods = [m for m in methods if m not in args.skip]
+    methods = [m for m in methods if m == "target" or m not in args.skip]
     rows: list[dict[str, Any]] = []
     meta = {
         "hardware": hardware(),
@@ -319,6 +320,8 @@ def main() -> None:
                 row["drafter_prefill_ms"] = round((time.perf_counter() - t0) * 1000, 1)
             for eta in [0.0, *args.etas]:
                 name = "rapid_eta0" if eta == 0 else f"rapid_eta{eta:g}"
+                if name not in methods:
+                    continue
                 cfg = RapidConfig(gamma=args.gamma, eta=eta, max_new_tokens=args.max_new_tokens)
                 drafter = LMDrafter(dmodel, draft_ids, min_confidence=args.min_confidence, state=dstate) if draft_ids else None
                 record(name, rapid_generate(target, drafter, tok, ids, config=cfg))
@@ -337,7 +340,8 @@ def main() -> None:
                                                                      state=sstate), tok, ids, config=cfg0))
                 del sstate
             # prompt-lookup decoding: n-gram lookup in the whole target prompt (ours, same cache) ...
-            record("prompt_lookup", rapid_generate(target, NgramDrafter(ids, max_ngram=2), tok, ids, config=cfg0))
+            if "prompt_lookup" in methods:
+                record("prompt_lookup", rapid_generate(target, NgramDrafter(ids, max_ngram=2), tok, ids, config=cfg0))
             for name in ("ngram_cost", "ngram_cost_warm"):  # ... with the unambiguous-match rule and the
                 if name in methods:  # cost-aware length (_warm: estimates carried across questions)
                     record(name, rapid_generate(target, NgramDrafter(
@@ -349,14 +353,15 @@ def main() -> None:
             if length <= args.hf_pl_max and "prompt_lookup_hf" in methods:
                 row["methods"]["prompt_lookup_hf"] = hf_prompt_lookup(model, tok, ids, it.answers, args)
             if draft_ids:
-                rag = autoregressive(dstate, tok, draft_ids, config=cfg0)
-                em, f1 = best_em_f1(rag.text, it.answers)
-                row["methods"]["rag_only"] = {"answer": rag.text, "em": em, "f1": round(f1, 4),
-                                              "tokens": len(rag.token_ids), "decode_ms": round(rag.total_ms, 1),
-                                              "steady_tokens": max(0, len(rag.token_ids) - 1),
-                                              "steady_ms": round(rag.total_ms - rag.ttft_ms, 1),
-                                              "tokens_per_s": round(len(rag.token_ids) / (rag.total_ms / 1000), 3)
-                                              if rag.token_ids else 0.0}
+                if "rag_only" in methods:
+                    rag = autoregressive(dstate, tok, draft_ids, config=cfg0)
+                    em, f1 = best_em_f1(rag.text, it.answers)
+                    row["methods"]["rag_only"] = {"answer": rag.text, "em": em, "f1": round(f1, 4),
+                                                  "tokens": len(rag.token_ids), "decode_ms": round(rag.total_ms, 1),
+                                                  "steady_tokens": max(0, len(rag.token_ids) - 1),
+                                                  "steady_ms": round(rag.total_ms - rag.ttft_ms, 1),
+                                                  "tokens_per_s": round(len(rag.token_ids) / (rag.total_ms / 1000), 3)
+                                                  if rag.token_ids else 0.0}
                 for name, min_n, policy in (("hybrid", args.min_ngram, args.draft_length),
                                             ("hybrid_warm", args.min_ngram, "cost"),
                                             ("hybrid_whole", args.min_ngram, args.draft_length),

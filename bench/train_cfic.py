@@ -101,12 +101,14 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
 
     from longrag.generation.decoding import stop_token_ids
+    from longrag.generation.packed import unpack_linears
     from longrag.models.registry import load_decoder
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     dec = load_decoder(args.model, device=args.device)
     tok, model = dec.tokenizer, dec.model
+    unpack_linears(model)  # PEFT wraps plain nn.Linear layers (generation/packed.py)
     stop_id = tok.convert_tokens_to_ids("<|im_end|>")
     if not isinstance(stop_id, int) or stop_id < 0:
         stop_id = sorted(stop_token_ids(tok))[0]

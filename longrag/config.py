@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     torch_threads: int = 0  # 0: leave torch's default
     # CPU decoders multiply by oneDNN pre-packed copies of their fp32 linear weights (one more copy
     # of those weights in memory; generation/packed.py): short blocks (verification, CFIC steps)
-    # ~2x faster, prefill a few percent (bench/packed.py)
+    # ~2x faster on Qwen, prefill 0-11% (bench/fastkv.py)
     packed_weights: bool = True
 
     max_file_bytes: int = 50 * 1024 * 1024

@@ -5,7 +5,7 @@ On this 2-core AVX2 CPU a decoder's linear layers dominate every forward pass, a
 (speculative verification, CFIC's evidence steps) that repacking costs more than the product
 itself. oneDNN can reorder a weight once into its blocked layout
 (``torch.ops.mkldnn._reorder_linear_weight``) and reuse it (``_linear_pointwise``); measured on
-Qwen2.5-0.5B-shaped layers (one-off, ``bench/packed.py`` repeats it on the real decoders):
+Qwen2.5-0.5B-shaped layers (one-off micro-benchmark; ``bench/fastkv.py`` measures whole decoders):
 
 ================  ==========  ==========  ===========
 rows x layer      F.linear    packed      ratio
@@ -17,21 +17,19 @@ rows x layer      F.linear    packed      ratio
 ================  ==========  ==========  ===========
 
 :class:`PackedLinear` wraps an ``nn.Linear`` (weights shared, kept for autograd) and adds the
-packed copy, used whenever no gradient is needed. Results equal ``F.linear`` up to fp32
+packed copy, used whenever no gradient is needed (for one-row products only with weights of
+``SINGLE_ROW_MIN_BYTES`` or more). Results equal ``F.linear`` up to fp32
 summation order (~1e-4 absolute on unit-scale activations).
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-log = logging.getLogger(__name__)
 
 # For one row, oneDNN's call overhead (~0.08 ms) outweighs the repacking saved on a weight that fits
 # in cache: 576x1536 (3.5 MB) 0.11 -> 0.15 ms, 4864x896 (17 MB) 1.58 -> 1.22 ms, so one-row
