@@ -25,11 +25,11 @@ summation order (~1e-4 absolute on unit-scale activations).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 # For one row, oneDNN's call overhead (~0.08 ms) outweighs the repacking saved on a weight that fits
 # in cache: 576x1536 (3.5 MB) 0.11 -> 0.15 ms, 4864x896 (17 MB) 1.58 -> 1.22 ms, so one-row
@@ -93,10 +93,9 @@ class PackedLinear(nn.Module):
         return packed[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and (x.requires_grad or self.full.weight.requires_grad):
+        if ((torch.is_grad_enabled() and (x.requires_grad or self.full.weight.requires_grad))
+                or x.dtype != torch.float32 or x.device.type != "cpu" or (x.numel() == x.shape[-1] and not self.single_row)):
             return self.full(x)
-        if x.dtype != torch.float32 or x.device.type != "cpu" or (x.numel() == x.shape[-1] and not self.single_row):
-            return F.linear(x, self.full.weight, self.full.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self._pack(), self.full.bias, "none", [], "")
 
     def __getstate__(self) -> dict[str, Any]:  # copies and pickles rebuild the packed weight
@@ -113,6 +112,17 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, packed=oneDNN"
 
 
+def swap_layers(model: nn.Module, match: Callable[[nn.Module], bool],
+                make: Callable[[nn.Module], nn.Module]) -> int:
+    """Replace, in place, every submodule of ``model`` that ``match`` accepts by ``make(it)``; the
+    source layer inside a :class:`PackedLinear` is left alone. Returns the number replaced."""
+    swaps = [(parent, name, child) for parent in model.modules() if not isinstance(parent, PackedLinear)
+             for name, child in parent.named_children() if match(child)]
+    for parent, name, child in swaps:
+        setattr(parent, name, make(child))
+    return len(swaps)
+
+
 def pack_linears(model: nn.Module) -> int:
     """Replace every fp32 CPU ``nn.Linear`` of ``model`` by a :class:`PackedLinear`, in place.
 
@@ -121,19 +131,11 @@ def pack_linears(model: nn.Module) -> int:
     """
     if not packing_available():
         return 0
-    swaps = [(parent, name, child) for parent in model.modules() if not isinstance(parent, PackedLinear)
-             for name, child in parent.named_children()
-             if type(child) is nn.Linear and child.weight.dtype == torch.float32 and child.weight.device.type == "cpu"]
-    for parent, name, child in swaps:
-        setattr(parent, name, PackedLinear(child))
-    return len(swaps)
+    return swap_layers(model, lambda m: type(m) is nn.Linear and m.weight.dtype == torch.float32
+                       and m.weight.device.type == "cpu", PackedLinear)
 
 
 def unpack_linears(model: nn.Module) -> int:
     """Put every :class:`PackedLinear` of ``model`` back to its ``nn.Linear``, in place (for code that
     rewrites linear layers, e.g. PEFT). Returns the number of layers unpacked."""
-    swaps = [(parent, name, child) for parent in model.modules()
-             for name, child in parent.named_children() if isinstance(child, PackedLinear)]
-    for parent, name, child in swaps:
-        setattr(parent, name, child.full)
-    return len(swaps)
+    return swap_layers(model, lambda m: isinstance(m, PackedLinear), lambda m: m.full)

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from longrag.generation.packed import PackedLinear
+from longrag.generation.packed import PackedLinear, swap_layers
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 WEIGHTS = ("fp32", *DTYPES)
@@ -75,10 +75,8 @@ def half_weight_twin(model: nn.Module, weights: str = "fp16", *, max_rows: int =
                              (m for m in model.modules() if isinstance(m, PackedLinear)))
     memo = {id(t): t for t in shared}
     twin = copy.deepcopy(model, memo)
-    swaps = [(parent, name, child) for parent in twin.modules() if not isinstance(parent, PackedLinear)
-             for name, child in parent.named_children() if isinstance(child, (nn.Linear, PackedLinear))]
-    for parent, name, child in swaps:
-        setattr(parent, name, HalfWeightLinear(child, DTYPES[weights], max_rows=max_rows))
+    swap_layers(twin, lambda m: isinstance(m, (nn.Linear, PackedLinear)),
+                lambda m: HalfWeightLinear(m, DTYPES[weights], max_rows=max_rows))
     return twin.eval()
 
 
