@@ -53,8 +53,10 @@ import argparse
 import json
 import random
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -201,7 +203,14 @@ def main() -> None:
     ap.add_argument("--gamma", type=int, default=10)
     ap.add_argument("--etas", type=float, nargs="+", default=[5.0], help="eta values besides 0")
     ap.add_argument("--budget", type=int, default=1024, help="drafter budget floor (max(budget, s/24))")
-    ap.add_argument("--threshold", type=float, default=0.2)
+    ap.add_argument("--retriever", default="product", choices=["product", "minilm"],
+                    help="how the drafter's chunks are chosen: product = each context ingested into a "
+                         "temporary corpus and its chunks ranked as the rapid mode does (configured "
+                         "retriever, threshold on dense cosines); minilm = the earlier runs' scorer "
+                         "(MiniLM cosine of 128-token pieces)")
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="drafter chunk threshold (default: the product's LONGRAG_RAPID_THRESHOLD; "
+                         "0.2 with --retriever minilm, as in the earlier runs)")
     ap.add_argument("--min-confidence", type=float, default=0.3)
     ap.add_argument("--min-ngram", type=int, default=1,
                     help="hybrid: shortest n-gram match used (shorter matches go to the LLM drafter); "
@@ -221,10 +230,17 @@ def main() -> None:
     ap.add_argument("--self-spec-tokens", type=int, default=0, help="naive drafter window (0: = drafter budget)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--hf-pl-max", type=int, default=2048, help="run transformers' prompt lookup up to this length")
+    ap.add_argument("--retrieval-only", action="store_true",
+                    help="only choose each question's drafter context and record whether it holds the answer")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="rapid")
     args = ap.parse_args()
     set_threads(args.threads)
+    from longrag.config import Settings
+
+    settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="longrag-rapid-bench-")))
+    if args.threshold is None:
+        args.threshold = settings.rapid_threshold if args.retriever == "product" else 0.2
 
     from longrag.generation.prompts import answer_messages, encode_chat
     from longrag.generation.rapid import (
@@ -238,7 +254,23 @@ def main() -> None:
     tok, model = dec.tokenizer, dec.model
     dmodel = load_decoder(args.decoder, weights=args.drafter_weights).model  # the LLM drafter
     compare32 = args.drafter_weights != "fp32"
-    embedder = Embedder(load_embedder())
+    if args.retriever == "product":
+        from longrag.services.corpus import Corpus
+        from longrag.services.modes.rapid import chunk_hits, overlap_scorer
+
+        corpus = Corpus(settings=settings)
+    else:
+        embedder = Embedder(load_embedder())
+
+    def scorers(it: Item) -> tuple[Any, Any]:
+        """(ranking, relevance) of the context's 512-token chunks for the question."""
+        if args.retriever == "minilm":
+            return chunk_scorer(embedder, it.question, it.context, tok), None
+        doc_id = corpus.ingest_bytes(it.context.encode(), f"{it.qid}-{len(it.context)}.txt", title=it.qid).doc_id
+        if corpus.text(doc_id) != it.context:
+            raise RuntimeError(f"{it.qid}: the stored text differs from the context; chunk offsets would not match")
+        ranked, dense = chunk_hits(corpus, it.question, doc_id)
+        return overlap_scorer(ranked, 0), None if dense is None else overlap_scorer(dense, 0)
     cfg0 = RapidConfig(gamma=args.gamma, eta=0.0, max_new_tokens=args.max_new_tokens)
     methods = ["target", "rapid_eta0", *[f"rapid_eta{e:g}" for e in args.etas],
                *([f"rapid_eta{args.etas[-1]:g}_fp32"] if compare32 and args.etas else []), "self_spec", "prompt_lookup",
@@ -275,11 +307,18 @@ def main() -> None:
         for length, it in jobs:
             tq = time.perf_counter()
             ids = encode_chat(tok, answer_messages(it.question, it.context))
-            retrieved = retrieve_context(
-                it.context, tok, chunk_scorer(embedder, it.question, it.context, tok),
-                budget_tokens=args.budget, threshold=args.threshold,
-            )
+            rank, relevance = scorers(it)
+            retrieved = retrieve_context(it.context, tok, rank, budget_tokens=args.budget, threshold=args.threshold,
+                                         relevance=relevance)
             draft_ids = encode_chat(tok, answer_messages(it.question, retrieved.text)) if not retrieved.empty else []
+            retrieval = {"qid": it.qid, "source": it.source, "length": length,
+                         "retrieved_has_answer": any(a in retrieved.text for a in it.answers),
+                         "drafter_chunks": [c.index for c in retrieved.chunks],
+                         "retrieval_ms": round((time.perf_counter() - tq) * 1000, 1)}
+            if args.retrieval_only:
+                rows.append(retrieval)
+                print(retrieval, flush=True)
+                continue
             n_self = args.self_spec_tokens or retrieved.budget_tokens
             self_ids = ids[-n_self:]
             target = KVState(model)
@@ -287,10 +326,8 @@ def main() -> None:
             target.prefill(ids)
             prefill_ms = (time.perf_counter() - t0) * 1000
             row: dict[str, Any] = {
-                "qid": it.qid, "source": it.source, "length": length, "context_tokens": len(ids),
-                "drafter_tokens": len(draft_ids), "drafter_budget": retrieved.budget_tokens,
-                "retrieved_has_answer": any(a in retrieved.text for a in it.answers),
-                "target_prefill_ms": round(prefill_ms, 1), "methods": {},
+                **retrieval, "context_tokens": len(ids), "drafter_tokens": len(draft_ids),
+                "drafter_budget": retrieved.budget_tokens, "target_prefill_ms": round(prefill_ms, 1), "methods": {},
             }
 
             def record(name: str, res, extra: dict | None = None) -> None:
@@ -441,6 +478,13 @@ def main() -> None:
                 f"{m} {v.get('tokens_per_s') or v.get('steady_tokens_per_s') or 0:.2f}t/s f1={v['f1']:.2f}"
                 + (f" acc={v['acceptance_rate']:.2f}" if "acceptance_rate" in v else "")
                 for m, v in row["methods"].items()), flush=True)
+    if args.retrieval_only:
+        summary = {str(L): {"n": len(rs), "retrieved_has_answer": _mean(float(r["retrieved_has_answer"]) for r in rs),
+                            "target_only_fallbacks": sum(not r["drafter_chunks"] for r in rs)}
+                   for L in args.lengths if (rs := [r for r in rows if r["length"] == L])}
+        write_result(args.out, {**meta, "summary": summary, "questions": rows,
+                                "bench_seconds": round(time.perf_counter() - t_start, 1)})
+        return
     write_result(args.out, {**meta, "summary": summarise(rows, methods, args.gamma), "questions": rows,
                             "bench_seconds": round(time.perf_counter() - t_start, 1)})
 

@@ -77,7 +77,7 @@ class RetrievedContext:
 
 
 ChunkScorer = Callable[[Sequence[TokenChunk]], Sequence[float]]
-"""Scores chunks against the question (higher is better, cosine-like); injected by callers."""
+"""Scores chunks against the question (higher is better); injected by callers."""
 
 
 def token_chunks(offsets: Sequence[tuple[int, int]], *, chunk_tokens: int = 512) -> list[TokenChunk]:
@@ -107,16 +107,24 @@ def select_chunks(
     *,
     budget: int,
     threshold: float = 0.3,
+    relevance: Sequence[float] | None = None,
 ) -> list[int]:
-    """Indices of the best chunks (score >= threshold) that fit ``budget`` tokens, in document order."""
-    if len(chunks) != len(scores):
-        raise ValueError(f"{len(chunks)} chunks but {len(scores)} scores")
+    """Indices of the best chunks that fit ``budget`` tokens, in document order.
+
+    Chunks are taken best ``scores`` first; a chunk whose ``relevance`` (default: its score) is
+    under ``threshold`` is never taken. A separate relevance lets a rank-only score (e.g. a
+    reciprocal-rank fusion, whose values say nothing absolute) order the chunks while the
+    threshold stays on a similarity scale (the paper's cosine).
+    """
+    relevance = scores if relevance is None else relevance
+    if not len(chunks) == len(scores) == len(relevance):
+        raise ValueError(f"{len(chunks)} chunks but {len(scores)} scores and {len(relevance)} relevances")
     order = sorted(range(len(chunks)), key=lambda i: -float(scores[i]))
     picked: list[int] = []
     used = 0
     for i in order:
-        if float(scores[i]) < threshold:
-            break
+        if float(relevance[i]) < threshold:
+            continue
         if used + chunks[i].tokens > budget:
             continue
         picked.append(i)
@@ -134,6 +142,7 @@ def retrieve_context(
     budget_ratio: int = 24,
     threshold: float = 0.3,
     separator: str = "\n\n",
+    relevance: ChunkScorer | Sequence[float] | None = None,
 ) -> RetrievedContext:
     """Build the drafter's context from ``text``: chunk, score, select, restore document order.
 
@@ -144,16 +153,19 @@ def retrieve_context(
         chunk_tokens: chunk size in decoder tokens (no overlap; capped at the budget).
         budget_tokens: minimum drafter budget; the budget is ``max(budget_tokens, s / budget_ratio)``.
         budget_ratio: the ``24`` in ``s / 24``.
-        threshold: chunks scoring under it are dropped (empty result: callers fall back to
-            target-only decoding).
+        threshold: chunks whose relevance is under it are dropped (empty result: callers fall
+            back to target-only decoding).
         separator: joins non-adjacent chunks.
+        relevance: what ``threshold`` applies to, scored like ``scorer`` (default: the scores);
+            ``scorer`` then only orders the chunks.
     """
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     offsets = enc["offset_mapping"]
     budget = context_budget(len(offsets), budget_tokens=budget_tokens, budget_ratio=budget_ratio)
     chunks = token_chunks(offsets, chunk_tokens=max(1, min(chunk_tokens, budget)))
     scores = list(scorer(chunks)) if callable(scorer) else list(scorer)
-    picked = select_chunks(chunks, scores, budget=budget, threshold=threshold) if chunks else []
+    rel = None if relevance is None else list(relevance(chunks)) if callable(relevance) else list(relevance)
+    picked = select_chunks(chunks, scores, budget=budget, threshold=threshold, relevance=rel) if chunks else []
     parts: list[str] = []
     prev = -2
     for i in picked:

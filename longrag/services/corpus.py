@@ -61,6 +61,7 @@ class _DefaultBuilders(dict):
 
 
 RETRIEVERS = ("chunk", "situated", "bm25", "hybrid")
+DENSE_RETRIEVERS = ("chunk", "situated")  # their scores are cosines
 """Values of ``Corpus.search(retriever=...)``, ``Question.retriever`` and ``--retriever``."""
 
 IngestHook = Callable[["Corpus", str, ParsedUnits], None]
@@ -324,7 +325,7 @@ class Corpus:
         allowed = self.store.chunk_ids_for(docs) if docs else None
         if allowed is not None and not len(allowed):
             return []
-        if kind is not None or retriever in ("chunk", "situated"):
+        if kind is not None or retriever in DENSE_RETRIEVERS:
             ids, scores = self._dense(query, k, allowed, kind or self._dense_kind(retriever))
         else:
             lexical = self._bm25().search(query, k if retriever == "bm25" else max(50, 5 * k), allowed_ids=allowed)

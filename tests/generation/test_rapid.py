@@ -112,6 +112,23 @@ def test_selection_respects_threshold_budget_and_document_order(tiny):
         select_chunks(chunks, scores[:-1], budget=10)
 
 
+def test_selection_orders_by_scores_and_thresholds_relevance(tiny):
+    tok, _ = tiny
+    offsets = tok(CONTEXT, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    chunks = token_chunks(offsets, chunk_tokens=10)
+    ranks = [1 / (60 + r) for r in range(len(chunks))]  # fused scores: chunk 0 best, all under 0.3
+    cosines = [0.1] * len(chunks)
+    cosines[0], cosines[2], cosines[4] = 0.2, 0.5, 0.4
+    assert select_chunks(chunks, ranks, budget=20, threshold=0.3) == []  # the old behaviour on fused scores
+    assert select_chunks(chunks, ranks, budget=20, threshold=0.3, relevance=cosines) == [2, 4]
+    assert select_chunks(chunks, ranks, budget=10, threshold=0.3, relevance=cosines) == [2]  # better-ranked first
+    res = retrieve_context(CONTEXT, tok, ranks, chunk_tokens=10, budget_tokens=30, threshold=0.3,
+                           relevance=lambda cs: cosines[: len(cs)])
+    assert [c.index for c in res.chunks] == [2, 4] and res.scores == [ranks[2], ranks[4]]
+    with pytest.raises(ValueError):
+        select_chunks(chunks, ranks, budget=10, relevance=cosines[:-1])
+
+
 def test_empty_retrieval_falls_back_to_target_only(tiny):
     tok, model = tiny
     res = retrieve_context(CONTEXT, tok, lambda chunks: [0.1] * len(chunks), chunk_tokens=32, threshold=0.3)
@@ -452,6 +469,17 @@ def test_rapid_mode_answers_with_stats_evidence_and_streaming(tiny_decoder_dir):
     # greedy, eta = 0: the same answer as the full mode's target-only decoding
     full = pipe.ask(Question("Who was the Norman leader?", mode="full", max_new_tokens=10, kv="full"))
     assert ans.answer == full.answer
+
+
+@pytest.mark.parametrize("retriever", ["hybrid", "bm25", "situated"])
+def test_rapid_mode_drafts_on_default_options(tiny_decoder_dir, retriever):
+    # no threshold option: the default threshold applies to dense cosines whatever ranks the chunks
+    # (a fused hybrid score never reaches it, which once made every default answer target-only)
+    pipe = _pipe(tiny_decoder_dir, retriever=retriever)
+    ans = pipe.ask(Question("Who was the Norman leader?", mode="rapid", max_new_tokens=8))
+    assert not ans.stats["fallback_target_only"] and ans.stats["drafter"] == "hybrid"
+    assert ans.stats["drafter_chunks"] and ans.stats["drafter_context_tokens"] > 0
+    assert ans.stats["target_calls"] >= 1
 
 
 def test_rapid_mode_empty_retrieval_and_bad_options(tiny_decoder_dir):

@@ -43,6 +43,7 @@ from longrag.generation.rapid import (
 )
 from longrag.generation.sentencekv import SentenceKVError
 from longrag.retrieval.types import Hit
+from longrag.services.corpus import DENSE_RETRIEVERS, Corpus
 from longrag.services.kvcache import DocumentKVCache, context_window_tokens, doc_window
 from longrag.services.qa import Answer, QAPipeline, Question, ground, register_mode
 
@@ -74,6 +75,21 @@ def load_drafter(pipe: QAPipeline, weights: str = "fp32") -> Any:
     except ValueError as exc:
         raise InvalidRequestError(f"rapid drafter {name!r} cannot draft for {pipe.decoder_name!r}: {exc}") from exc
     return drafter
+
+
+def chunk_hits(corpus: Corpus, question: str, doc_id: str) -> tuple[list[Hit], list[Hit] | None]:
+    """Every chunk of ``doc_id`` ranked for ``question``: ``(ranked, dense)``.
+
+    ``ranked`` comes from the configured retriever (hybrid by default) and orders the drafter's
+    chunks; ``dense`` holds the same chunks with their dense cosines, which the threshold applies
+    to (the paper's similarity threshold): a fused or BM25 score has no absolute scale (a
+    reciprocal-rank fusion never exceeds ~0.033). ``dense`` is None when the retriever is dense.
+    """
+    n = max(1, len(corpus.store.chunk_ids_for([doc_id])))
+    ranked = corpus.search(question, k=n, doc_ids=[doc_id])
+    if corpus.settings.retriever in DENSE_RETRIEVERS:
+        return ranked, None
+    return ranked, corpus.search(question, k=n, doc_ids=[doc_id], retriever="situated")
 
 
 def overlap_scorer(hits: list[Hit], offset: int):
@@ -161,15 +177,16 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
         start, end, window_tokens = w.start, w.end, w.tokens
     context = text[start:end]
 
-    # Retrieval over the window's own 512-token chunks, scored by the corpus's dense index.
+    # Retrieval over the window's own 512-token chunks, ranked by the corpus's retriever, the
+    # threshold on their dense cosines.
     t1 = time.perf_counter()
-    n_doc_chunks = len(pipe.corpus.store.chunk_ids_for([doc_id]))
-    doc_hits = pipe.corpus.search(q.text, k=max(1, n_doc_chunks), doc_ids=[doc_id])
+    doc_hits, dense_hits = chunk_hits(pipe.corpus, q.text, doc_id)
     target = pipe.decoder
     drafter_dec = load_drafter(pipe, weights) if drafter_kind != "ngram" else target  # n-gram drafting needs no LLM
     retrieved: RetrievedContext = retrieve_context(
         context, target.tokenizer, overlap_scorer(doc_hits, start),
         chunk_tokens=s.rapid_chunk_tokens, budget_tokens=budget_tokens, threshold=threshold,
+        relevance=None if dense_hits is None else overlap_scorer(dense_hits, start),
     )
     r_ms += (time.perf_counter() - t1) * 1000
 
