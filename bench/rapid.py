@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import DATASETS, hardware, set_threads, write_result
+from bench.common import DATASETS, RESULTS, hardware, set_threads, write_result
 from bench.data import load_squad
 from bench.metrics import best_em_f1
 
@@ -232,9 +232,14 @@ def main() -> None:
     ap.add_argument("--hf-pl-max", type=int, default=2048, help="run transformers' prompt lookup up to this length")
     ap.add_argument("--retrieval-only", action="store_true",
                     help="only choose each question's drafter context and record whether it holds the answer")
+    ap.add_argument("--pool", nargs="+", metavar="NAME",
+                    help="run nothing: pool the questions of these bench/results files into --out")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="rapid")
     args = ap.parse_args()
+    if args.pool:
+        write_result(args.out, pool(args.pool, args.gamma))
+        return
     set_threads(args.threads)
     from longrag.config import Settings
 
@@ -547,6 +552,24 @@ def summarise(rows: list[dict], methods: list[str], gamma: int) -> dict[str, Any
         out[str(length)] = {"methods": per, "cost_ms": cost, "predicted_speedup": pred}
     out["crossover"] = crossover(out, gamma)
     return out
+
+
+def pool(names: list[str], gamma: int) -> dict[str, Any]:
+    """Pool the questions of earlier result files (``bench/results/<name>.json``): per length and
+    method, the figures over the questions that ran both that method and target-only, so each
+    speed-up compares the same questions measured side by side."""
+    runs = [json.loads((RESULTS / f"{n}.json").read_text()) for n in names]
+    if len({r["decoder"] for r in runs}) != 1:
+        raise SystemExit(f"--pool: the runs used different decoders: {sorted({r['decoder'] for r in runs})}")
+    rows = [q for r in runs for q in r["questions"]]
+    methods = list(dict.fromkeys(m for r in rows for m in r["methods"]))
+    out: dict[str, Any] = {}
+    for m in methods:
+        both = [r for r in rows if m in r["methods"] and "target" in r["methods"]]
+        for length, v in summarise(both, ["target", m], gamma).items():
+            if length.isdigit():
+                out.setdefault(length, {})[m] = v["methods"][m]
+    return {"pooled": names, "decoder": runs[0]["decoder"], "questions": len(rows), "summary": out}
 
 
 def verify_cost(rows: list[dict], k: float) -> float:

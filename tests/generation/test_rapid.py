@@ -479,7 +479,7 @@ def test_rapid_mode_drafts_on_default_options(tiny_decoder_dir, retriever):
     ans = pipe.ask(Question("Who was the Norman leader?", mode="rapid", max_new_tokens=8))
     assert not ans.stats["fallback_target_only"] and ans.stats["drafter"] == "hybrid"
     assert ans.stats["drafter_chunks"] and ans.stats["drafter_context_tokens"] > 0
-    assert ans.stats["target_calls"] >= 1
+    assert ans.stats["target_calls"] >= 1 and ans.stats["ngram_whole_context"] is True
 
 
 def test_rapid_mode_empty_retrieval_and_bad_options(tiny_decoder_dir):

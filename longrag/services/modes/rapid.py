@@ -252,6 +252,7 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
         "drafter_weights": weights_of(drafter_dec.model) if drafter is not None and drafter_kind != "ngram" else None,
         "gamma": config.gamma,
         "draft_length": s.rapid_draft_length if drafter is not None and drafter_kind != "llm" else None,
+        "ngram_whole_context": s.rapid_ngram_whole_context if drafter is not None and drafter_kind != "llm" else None,
         "warm_start": bool(s.rapid_warm_start and length is not None) if drafter is not None and drafter_kind != "llm" else None,
         "eta": config.eta,
         "temperature": config.temperature,
