@@ -61,8 +61,9 @@ class _DefaultBuilders(dict):
 
 
 RETRIEVERS = ("chunk", "situated", "bm25", "hybrid")
-DENSE_RETRIEVERS = ("chunk", "situated")  # their scores are cosines
 """Values of ``Corpus.search(retriever=...)``, ``Question.retriever`` and ``--retriever``."""
+DENSE_RETRIEVERS = ("chunk", "situated")
+"""The retrievers whose scores are cosines (BM25 and fused scores have no absolute scale)."""
 
 IngestHook = Callable[["Corpus", str, ParsedUnits], None]
 """Runs after a new document is committed (per-document caches: REFRAG chunk embeddings,

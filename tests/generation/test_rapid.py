@@ -480,6 +480,10 @@ def test_rapid_mode_drafts_on_default_options(tiny_decoder_dir, retriever):
     assert not ans.stats["fallback_target_only"] and ans.stats["drafter"] == "hybrid"
     assert ans.stats["drafter_chunks"] and ans.stats["drafter_context_tokens"] > 0
     assert ans.stats["target_calls"] >= 1 and ans.stats["ngram_whole_context"] is True
+    # a retriever named by the question ranks the chunks too (the threshold still on cosines)
+    other = "bm25" if retriever != "bm25" else "hybrid"
+    asked = pipe.ask(Question("Who was the Norman leader?", mode="rapid", max_new_tokens=8, retriever=other))
+    assert not asked.stats["fallback_target_only"] and asked.stats["drafter_chunks"]
 
 
 def test_rapid_mode_empty_retrieval_and_bad_options(tiny_decoder_dir):

@@ -77,17 +77,20 @@ def load_drafter(pipe: QAPipeline, weights: str = "fp32") -> Any:
     return drafter
 
 
-def chunk_hits(corpus: Corpus, question: str, doc_id: str) -> tuple[list[Hit], list[Hit] | None]:
+def chunk_hits(corpus: Corpus, question: str, doc_id: str,
+               retriever: str | None = None) -> tuple[list[Hit], list[Hit] | None]:
     """Every chunk of ``doc_id`` ranked for ``question``: ``(ranked, dense)``.
 
-    ``ranked`` comes from the configured retriever (hybrid by default) and orders the drafter's
-    chunks; ``dense`` holds the same chunks with their dense cosines, which the threshold applies
-    to (the paper's similarity threshold): a fused or BM25 score has no absolute scale (a
-    reciprocal-rank fusion never exceeds ~0.033). ``dense`` is None when the retriever is dense.
+    ``ranked`` comes from ``retriever`` (None: the configured one, hybrid by default) and orders
+    the drafter's chunks; ``dense`` holds the same chunks with their dense cosines, which the
+    threshold applies to (the paper's similarity threshold): a fused or BM25 score has no absolute
+    scale (a reciprocal-rank fusion never exceeds ~0.033). ``dense`` is None when the retriever is
+    dense.
     """
+    retriever = retriever or corpus.settings.retriever
     n = max(1, len(corpus.store.chunk_ids_for([doc_id])))
-    ranked = corpus.search(question, k=n, doc_ids=[doc_id])
-    if corpus.settings.retriever in DENSE_RETRIEVERS:
+    ranked = corpus.search(question, k=n, doc_ids=[doc_id], retriever=retriever)
+    if retriever in DENSE_RETRIEVERS:
         return ranked, None
     return ranked, corpus.search(question, k=n, doc_ids=[doc_id], retriever="situated")
 
@@ -177,10 +180,10 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
         start, end, window_tokens = w.start, w.end, w.tokens
     context = text[start:end]
 
-    # Retrieval over the window's own 512-token chunks, ranked by the corpus's retriever, the
-    # threshold on their dense cosines.
+    # Retrieval over the window's own 512-token chunks, ranked by the question's (else the
+    # configured) retriever, the threshold on their dense cosines.
     t1 = time.perf_counter()
-    doc_hits, dense_hits = chunk_hits(pipe.corpus, q.text, doc_id)
+    doc_hits, dense_hits = chunk_hits(pipe.corpus, q.text, doc_id, q.retriever)
     target = pipe.decoder
     drafter_dec = load_drafter(pipe, weights) if drafter_kind != "ngram" else target  # n-gram drafting needs no LLM
     retrieved: RetrievedContext = retrieve_context(
