@@ -27,10 +27,14 @@ def set_threads(n: int = 2) -> None:
 def hardware() -> dict[str, Any]:
     """A short description of the machine a figure was measured on."""
     cpu = platform.processor() or ""
+    vector: list[str] = []  # "AMD EPYC" names several generations; the vector extensions tell them apart
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                vector = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
                 break
     except OSError:
         pass
@@ -47,6 +51,7 @@ def hardware() -> dict[str, Any]:
         load = None
     return {
         "cpu": cpu,
+        "cpu_vector_extensions": vector,
         "cores": os.cpu_count(),
         "gpu": cuda,
         "torch_threads": threads,
