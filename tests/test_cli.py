@@ -46,6 +46,7 @@ def test_cli_round_trip(tmp_path: Path, tiny_decoder_dir: Path):
     ans = run("ask", "Who wrote the first algorithm?", "--doc", doc_id, "--json", "--max-new-tokens", "5",
               env_extra={"LONGRAG_DECODER": str(tiny_decoder_dir)})
     assert ans.returncode == 0, ans.stderr
+    assert " DEBUG " not in ans.stderr  # libraries' debug logging (bm25s's index build) stays out
     obj = json.loads(ans.stdout)
     assert {"answer", "evidence", "timings", "stats"} <= set(obj)
     assert set(obj["timings"]) >= {"retrieval_ms", "ttft_ms", "total_ms", "tokens_per_s"}

@@ -77,6 +77,8 @@ class BM25Index:
     def __init__(self, ids: Sequence[int], texts: Sequence[str], *, k1: float = 1.2, b: float = 0.75) -> None:
         import bm25s
 
+        # bm25s sets its own logger to DEBUG on import; let the application's configuration decide
+        logging.getLogger("bm25s").setLevel(logging.NOTSET)
         if len(ids) != len(texts):
             raise ValueError("one id per text is required")
         self.ids = np.asarray(ids, dtype=np.int64)
