@@ -243,7 +243,8 @@ def main() -> None:
     set_threads(args.threads)
     from longrag.config import Settings
 
-    settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="longrag-rapid-bench-")))
+    workdir = tempfile.TemporaryDirectory(prefix="longrag-rapid-bench-")  # removed when the run ends
+    settings = Settings(data_dir=Path(workdir.name))
     if args.threshold is None:
         args.threshold = settings.rapid_threshold if args.retriever == "product" else 0.2
 
