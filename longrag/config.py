@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     rapid_temperature: float = 0.0  # 0 = greedy
     rapid_chunk_tokens: int = 512  # drafter retrieval unit, decoder tokens, no overlap
     rapid_budget_tokens: int = 1024  # drafter context = max(this, s / 24) tokens (paper: 4096 at 128K)
-    rapid_threshold: float = 0.3  # chunks under this retrieval score are dropped
+    rapid_threshold: float = 0.3  # chunks whose dense cosine is under this are dropped (the retriever orders the rest)
     rapid_min_confidence: float = 0.3  # stop drafting when the drafter's next-token probability is lower
     rapid_max_ngram: int = 3  # hybrid / ngram drafter: longest n-gram looked up
     rapid_min_ngram: int = 1  # shortest n-gram match drafted from (2 measured slower at 8k: bench/rapid.py)
