@@ -687,11 +687,16 @@ def verify(
 
     Args:
         draft: the ``k`` proposed tokens.
-        q: the drafter's distributions ``[k, V]`` (``None``: one-hot proposals).
+        q: the drafter's distributions ``[k, V]`` (``None``: one-hot proposals, e.g. n-gram
+            lookups; they carry no drafter distribution to transfer, so they are verified
+            losslessly, as with ``eta = 0``: a one-hot ``q`` would otherwise add ``eta`` to the
+            looked-up token's logit and, with a large ``eta``, accept whatever the lookup copied).
         target_logits: ``[k + 1, V]`` target logits; row ``i`` predicts ``draft[i]``, row ``k``
             the bonus token.
     """
     k = len(draft)
+    if q is None:
+        eta = 0.0
     for i, x in enumerate(draft):
         z = target_logits[i]
         qi = q[i].to(z.device) if q is not None else _one_hot(x, z.float())

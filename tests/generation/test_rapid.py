@@ -23,6 +23,7 @@ from longrag.generation.rapid import (
     LMDrafter,
     NgramDrafter,
     RapidConfig,
+    Verdict,
     adjusted_logits,
     check_same_tokenizer,
     context_budget,
@@ -152,6 +153,20 @@ def test_eta_zero_is_plain_target_and_tail_guard_holds():
     tail = p < 0.1 * p.max()
     assert tail.any() and torch.equal(adj[tail], (z / 0.7)[tail])
     assert not torch.equal(adj[~tail], (z / 0.7)[~tail])
+
+
+def test_one_hot_drafts_are_verified_losslessly_at_any_eta():
+    # an n-gram lookup (q None) has no distribution to transfer: a large eta must not make the
+    # target accept a copied token it ranks low; an LLM draft with the same one-hot q is pulled
+    z = torch.tensor([[3.0, 0.0, -1.0, -4.0], [0.0, 2.0, 1.0, -1.0]])
+    assert verify([3], None, z, eta=1000.0, temperature=0.0, tail=0.0) == Verdict(0, 0)
+    assert verify([3], None, z, eta=0.0, temperature=0.0) == Verdict(0, 0)
+    one_hot = torch.tensor([[0.0, 0.0, 0.0, 1.0]])
+    assert verify([3], one_hot, z, eta=1000.0, temperature=0.0, tail=0.0) == Verdict(1, 1)
+    gen = torch.Generator().manual_seed(0)  # sampling: a one-hot lookup accepted with p(x) only
+    accepted = sum(verify([3], None, z, eta=1000.0, temperature=1.0, tail=0.0, generator=gen).accepted
+                   for _ in range(400))
+    assert accepted / 400 < 0.05  # p(x = 3) ~ 0.0008 under the target
 
 
 def _simulate_two_tokens(zs, qs, *, eta: float, gamma: int, gen: torch.Generator) -> tuple[int, int]:
@@ -459,6 +474,7 @@ def test_rapid_mode_answers_with_stats_evidence_and_streaming(tiny_decoder_dir):
     for key in ("acceptance_rate", "mean_accepted", "drafted", "accepted"):
         assert key in ans.stats
     assert ans.stats["drafted"] > 0 and 0 <= ans.stats["acceptance_rate"] <= 1
+    assert (ans.stats["eta"], ans.stats["tail"]) == (0.0, 0.1)
     assert ans.stats["drafter_weights"] == "fp16"  # the default: half-precision one-token drafter steps
     budget = ans.stats["drafter_budget_tokens"]
     assert budget == max(64, -(-ans.stats["context_tokens"] // 24))
@@ -491,7 +507,8 @@ def test_rapid_mode_empty_retrieval_and_bad_options(tiny_decoder_dir):
     ans = pipe.ask(Question("Who was the Norman leader?", mode="rapid", max_new_tokens=6,
                             options={"threshold": 2.0}))
     assert ans.stats["fallback_target_only"] and ans.stats["drafted"] == 0 and ans.stats["drafter"] is None
-    for bad in ({"gamma": 0}, {"eta": -1}, {"drafter": "oracle"}, {"gamma": "many"}, {"drafter_weights": "int2"}):
+    for bad in ({"gamma": 0}, {"eta": -1}, {"drafter": "oracle"}, {"gamma": "many"}, {"drafter_weights": "int2"},
+                {"tail": 1.5}, {"tail": -0.1}, {"tail": "thin"}):
         with pytest.raises(InvalidRequestError):
             pipe.ask(Question("Who was the Norman leader?", mode="rapid", options=bad))
     with pytest.raises(InvalidRequestError, match="kv"):

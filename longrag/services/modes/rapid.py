@@ -6,7 +6,7 @@ centred on the best hit); the drafter's prompt holds only the ~512-token chunks 
 window that retrieval ranks best (budget ``max(budget, s / 24)``), in document order. The
 drafter proposes up to ``gamma`` tokens, the target verifies them in one pass.
 
-Options (``Question.options``, else settings ``LONGRAG_RAPID_*``): ``gamma``, ``eta``,
+Options (``Question.options``, else settings ``LONGRAG_RAPID_*``): ``gamma``, ``eta``, ``tail``,
 ``temperature``, ``drafter`` (``llm`` | ``hybrid`` | ``ngram``), ``budget_tokens``,
 ``threshold``, ``min_confidence``, ``drafter_weights`` (``fp16`` | ``bf16`` | ``fp32``: the
 drafter's one-token steps on half-precision linear weights, generation/precision.py).
@@ -150,6 +150,7 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
             gamma=_opt(q, "gamma", s.rapid_gamma, int),
             eta=_opt(q, "eta", s.rapid_eta, float),
             temperature=_opt(q, "temperature", s.rapid_temperature, float),
+            tail=_opt(q, "tail", s.rapid_tail, float),
             max_new_tokens=q.max_new_tokens or s.max_new_tokens,
         )
     except ValueError as exc:
@@ -258,6 +259,7 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
         "ngram_whole_context": s.rapid_ngram_whole_context if drafter is not None and drafter_kind != "llm" else None,
         "warm_start": bool(s.rapid_warm_start and length is not None) if drafter is not None and drafter_kind != "llm" else None,
         "eta": config.eta,
+        "tail": config.tail,
         "temperature": config.temperature,
         "context_tokens": window_tokens,
         "document_tokens": doc_tokens,
