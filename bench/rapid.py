@@ -10,7 +10,8 @@ and answer F1 are compared on equal terms:
 - ``target``: target-only autoregressive decoding over the long context;
 - ``rapid_eta0`` / ``rapid_eta{E}``: RAPID, drafter = same weights on the retrieved context (its
   one-token steps on the ``--drafter-weights`` twin, default fp16 as in the product; with fp16 or
-  bf16 also ``rapid_eta{E}_fp32``: the same with the fp32 weights, for comparison);
+  bf16 also ``rapid_eta{E}_fp32``: the same with the fp32 weights, for comparison;
+  ``rapid_eta{E}_tail{T}`` for each ``--tails`` value other than the default 0.1);
 - ``self_spec``: naive self-speculation, drafter = same weights on the last N prompt tokens;
 - ``prompt_lookup``: transformers' ``generate(..., prompt_lookup_num_tokens=10)``;
 - ``rag_only``: the drafter alone (retrieved context only);
@@ -202,6 +203,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--gamma", type=int, default=10)
     ap.add_argument("--etas", type=float, nargs="+", default=[5.0], help="eta values besides 0")
+    ap.add_argument("--tails", type=float, nargs="+", default=[0.1],
+                    help="tail guards for the eta > 0 methods (names gain _tail{t} unless t = 0.1, the default)")
     ap.add_argument("--budget", type=int, default=1024, help="drafter budget floor (max(budget, s/24))")
     ap.add_argument("--retriever", default="product", choices=["product", "minilm"],
                     help="how the drafter's chunks are chosen: product = each context ingested into a "
@@ -278,7 +281,10 @@ def main() -> None:
         ranked, dense = chunk_hits(corpus, it.question, doc_id)
         return overlap_scorer(ranked, 0), None if dense is None else overlap_scorer(dense, 0)
     cfg0 = RapidConfig(gamma=args.gamma, eta=0.0, max_new_tokens=args.max_new_tokens)
-    methods = ["target", "rapid_eta0", *[f"rapid_eta{e:g}" for e in args.etas],
+    def rapid_name(eta: float, tail: float) -> str:
+        return "rapid_eta0" if eta == 0 else f"rapid_eta{eta:g}" + ("" if tail == 0.1 else f"_tail{tail:g}")
+
+    methods = ["target", "rapid_eta0", *[rapid_name(e, t) for e in args.etas for t in args.tails],
                *([f"rapid_eta{args.etas[-1]:g}_fp32"] if compare32 and args.etas else []), "self_spec", "prompt_lookup",
                "prompt_lookup_hf", "ngram_cost", "ngram_cost_warm", "rag_only", "hybrid", "hybrid_warm", "hybrid_whole",
                "hybrid_whole_warm", "hybrid_fixed", "hybrid_ngram1", "hybrid_plus",
@@ -361,11 +367,11 @@ def main() -> None:
                 t0 = time.perf_counter()
                 dstate.prefill(draft_ids)
                 row["drafter_prefill_ms"] = round((time.perf_counter() - t0) * 1000, 1)
-            for eta in [0.0, *args.etas]:
-                name = "rapid_eta0" if eta == 0 else f"rapid_eta{eta:g}"
+            for eta, tail in [(0.0, 0.1), *[(e, t) for e in args.etas for t in args.tails]]:
+                name = rapid_name(eta, tail)
                 if name not in methods:
                     continue
-                cfg = RapidConfig(gamma=args.gamma, eta=eta, max_new_tokens=args.max_new_tokens)
+                cfg = RapidConfig(gamma=args.gamma, eta=eta, tail=tail, max_new_tokens=args.max_new_tokens)
                 drafter = LMDrafter(dmodel, draft_ids, min_confidence=args.min_confidence, state=dstate) if draft_ids else None
                 record(name, rapid_generate(target, drafter, tok, ids, config=cfg))
             if args.etas and f"rapid_eta{args.etas[-1]:g}_fp32" in methods and draft_ids:  # fp32 drafter, same cache
