@@ -22,6 +22,22 @@ def _fail(exc: LongragError) -> None:
     raise typer.Exit(code=2)
 
 
+def _options(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` pairs as a mode's options dict (VALUE as JSON when it parses, else text)."""
+    from longrag.errors import InvalidRequestError
+
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidRequestError(f"--option takes KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 def _emit(obj, as_json: bool, human) -> None:
     if as_json:
         typer.echo(json.dumps(obj, ensure_ascii=False, indent=None))
@@ -134,11 +150,18 @@ def ask(
         "--link-hop", help="Top hits read for titles of other documents, whose openings join the results; 0: off "
         "(default: LONGRAG_LINK_HOP, 5).")] = None,
     kv: Annotated[Optional[str], typer.Option("--kv", help="KV cache of the full and rapid modes: full | sentencekv (default: by context length).")] = None,
+    option: Annotated[Optional[list[str]], typer.Option(
+        "--option", "-o", help="A mode option KEY=VALUE (repeatable), as the REST API's options, e.g. "
+        "--mode rapid -o drafter=llm -o eta=20 -o tail=0; VALUE is read as JSON when it parses.")] = None,
 ) -> None:
     """Answer a question with evidence (doc id, char offsets, exact text) and timings."""
     from longrag.services.qa import Question
     from longrag.services.runtime import get_pipeline
 
+    try:
+        options = _options(option or [])
+    except LongragError as exc:
+        _fail(exc)
     pipe = get_pipeline()
     on_token = None
     if stream and not as_json:
@@ -147,7 +170,7 @@ def ask(
             sys.stdout.flush()
     try:
         answer = pipe.ask(Question(question, doc_ids=doc, mode=mode, k=k, max_new_tokens=max_new_tokens, kv=kv,
-                                   retriever=retriever, link_hop=link_hop), on_token)
+                                   retriever=retriever, link_hop=link_hop, options=options), on_token)
     except LongragError as exc:
         _fail(exc)
     if as_json:

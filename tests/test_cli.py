@@ -53,6 +53,17 @@ def test_cli_round_trip(tmp_path: Path, tiny_decoder_dir: Path):
     for ev in obj["evidence"]:
         assert set(ev) == {"doc_id", "start", "end", "text"} and TEXT[ev["start"] : ev["end"]] == ev["text"]
 
+    # mode options from the command line, as the REST API's "options"
+    env = {"LONGRAG_DECODER": str(tiny_decoder_dir)}
+    rapid = run("ask", "Who wrote the first algorithm?", "--doc", doc_id, "--json", "--max-new-tokens", "4",
+                "--mode", "rapid", "-o", "drafter=llm", "--option", "eta=20", "-o", "tail=0", env_extra=env)
+    assert rapid.returncode == 0, rapid.stderr
+    stats = json.loads(rapid.stdout)["stats"]
+    assert (stats["eta"], stats["tail"]) == (20, 0) and stats["drafter"] in ("llm", None)
+    bad = run("ask", "Who wrote the first algorithm?", "--doc", doc_id, "--mode", "rapid", "-o", "tail=2",
+              env_extra=env)
+    assert bad.returncode == 2 and "tail" in bad.stderr
+
     assert run("delete", doc_id).returncode == 0
     assert json.loads(run("docs", "--json").stdout) == []
 
@@ -78,7 +89,7 @@ def test_cli_bad_input_exits_nonzero_and_keeps_store(tmp_path: Path):
     assert res.returncode != 0 and "limit" in res.stderr
     assert run("ingest", str(tmp_path / "missing.txt")).returncode != 0
     for args in (["show", "nope"], ["delete", "nope"], ["search", "x", "--doc", "nope"], ["ask", "  "],
-                 ["search", "   "], ["search", "store", "--link-hop", "-1"]):
+                 ["search", "   "], ["search", "store", "--link-hop", "-1"], ["ask", "store", "--option", "eta"]):
         res = run(*args)
         assert res.returncode != 0 and "error" in res.stderr, args
     docs = json.loads(run("docs", "--json").stdout)
