@@ -89,7 +89,8 @@ def test_cli_bad_input_exits_nonzero_and_keeps_store(tmp_path: Path):
     assert res.returncode != 0 and "limit" in res.stderr
     assert run("ingest", str(tmp_path / "missing.txt")).returncode != 0
     for args in (["show", "nope"], ["delete", "nope"], ["search", "x", "--doc", "nope"], ["ask", "  "],
-                 ["search", "   "], ["search", "store", "--link-hop", "-1"], ["ask", "store", "--option", "eta"]):
+                 ["search", "   "], ["search", "store", "--link-hop", "-1"], ["ask", "store", "--option", "eta"],
+                 ["ask", "store", "--mode", "rapid", "-o", "etaa=20"]):
         res = run(*args)
         assert res.returncode != 0 and "error" in res.stderr, args
     docs = json.loads(run("docs", "--json").stdout)

@@ -70,6 +70,9 @@ class QueryRequest(BaseModel):
         "Title-link hop: top passages read for titles of other documents, whose openings join the "
         "results; 0: off (default: LONGRAG_LINK_HOP)."))
     max_new_tokens: int | None = Field(None, ge=1, le=4096)
+    options: dict[str, Any] | None = Field(None, description=(
+        "The mode's options (GET /v1/modes lists the keys each mode reads; others are refused), e.g. "
+        'rapid: {"drafter": "llm", "eta": 20, "tail": 0}.'))
     stream: bool = Field(False, description="Stream tokens as server-sent events.")
 
     @field_validator("question")
@@ -319,12 +322,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # -- questions ------------------------------------------------------------------------------
     @app.get("/v1/modes", tags=["query"])
-    async def list_modes() -> dict[str, list[str]]:
+    async def list_modes() -> dict[str, Any]:
+        """The modes, and the ``options`` keys each one reads."""
         from longrag.services import modes
-        from longrag.services.qa import MODES
+        from longrag.services.qa import MODE_OPTIONS, MODES
 
         modes.load_all()
-        return {"modes": sorted(MODES)}
+        return {"modes": sorted(MODES), "options": {m: sorted(MODE_OPTIONS.get(m, ())) for m in sorted(MODES)}}
 
     @app.post("/v1/query", tags=["query"])
     async def query(body: QueryRequest, request: Request):

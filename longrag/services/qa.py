@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -66,14 +66,25 @@ class Question:
 
 ModeFn = Callable[["QAPipeline", Question, TokenCallback | None], Answer]
 MODES: dict[str, ModeFn] = {}
+MODE_OPTIONS: dict[str, frozenset[str]] = {}  # the ``Question.options`` keys each mode reads
 
 
-def register_mode(name: str) -> Callable[[ModeFn], ModeFn]:
+def register_mode(name: str, options: Iterable[str] = ()) -> Callable[[ModeFn], ModeFn]:
+    """Register a mode and the option keys it reads (any other key is refused)."""
     def deco(fn: ModeFn) -> ModeFn:
         MODES[name] = fn
+        MODE_OPTIONS[name] = frozenset(options)
         return fn
 
     return deco
+
+
+def check_options(mode: str, options: dict[str, Any] | None) -> None:
+    """A clear error for option keys the mode does not read (a typo would otherwise be ignored)."""
+    unknown = sorted(set(options or {}) - MODE_OPTIONS.get(mode, frozenset()))
+    if unknown:
+        takes = ", ".join(sorted(MODE_OPTIONS.get(mode, ()))) or "none"
+        raise InvalidRequestError(f"mode {mode!r} has no option {', '.join(map(repr, unknown))}; its options: {takes}")
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -138,6 +149,7 @@ class QAPipeline:
             raise InvalidRequestError("the question is empty")
         if question.mode not in MODES:
             raise InvalidRequestError(f"unknown mode {question.mode!r}; choose from {sorted(MODES)}")
+        check_options(question.mode, question.options)
         question.doc_ids = self.corpus.check_docs(question.doc_ids)
         if not self.corpus.list():
             raise InvalidRequestError("no documents are ingested yet")

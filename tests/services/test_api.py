@@ -103,6 +103,15 @@ def test_ingest_query_batch_delete_over_http(api: httpx.Client):
     assert "".join(e[1]["token"] for e in events[:-1]).strip() == final["answer"]
     assert final["answer"] == body["answer"]  # greedy: the same answer streamed or not
 
+    # a mode's options reach it (GET /v1/modes lists the keys each mode reads)
+    listed = api.get("/v1/modes").json()
+    assert "rapid" in listed["modes"] and {"eta", "tail", "drafter"} <= set(listed["options"]["rapid"])
+    assert listed["options"]["plain"] == []
+    fast = api.post("/v1/query", json={"question": "Who built the lighthouse?", "doc_ids": [doc_id], "mode": "rapid",
+                                       "max_new_tokens": 4, "options": {"drafter": "llm", "eta": 20, "tail": 0}})
+    assert fast.status_code == 200, fast.text
+    assert (fast.json()["stats"]["eta"], fast.json()["stats"]["tail"]) == (20, 0)
+
     questions = ["Who built the lighthouse?", {"question": "What did the monks keep?"}, "What was the cat called?"]
     b = api.post("/v1/batch", json=questions)
     assert b.status_code == 202 and b.json()["n_items"] == 3
@@ -165,6 +174,12 @@ def test_bad_input_gets_clear_json_errors_and_changes_nothing(api: httpx.Client)
     _err(api.post("/v1/query", json={"question": "x", "mode": "no-such-mode"}), 422)
     _err(api.post("/v1/query", json={"question": "x", "k": 0}), 422)
     _err(api.post("/v1/query", json={"question": "x", "link_hop": -1}), 422)
+    # option keys a mode does not read (a typo would otherwise be ignored), a bad option value
+    assert "etaa" in _err(api.post("/v1/query", json={"question": "x", "mode": "rapid", "options": {"etaa": 20}}),
+                          422)["message"]
+    _err(api.post("/v1/query", json={"question": "x", "options": {"eta": 1}}), 422)  # plain reads none
+    _err(api.post("/v1/batch", json=[{"question": "x", "mode": "rapid", "options": {"gama": 4}}]), 422)
+    _err(api.post("/v1/query", json={"question": "x", "options": ["eta"]}), 422)
     _err(api.post("/v1/batch", json=["fine", ""]), 422)
     _err(api.post("/v1/batch", json=[]), 422)
     # 404: unknown ids everywhere

@@ -82,7 +82,7 @@ def _options(s: CficSettings) -> CficOptions:
     return CficOptions(**{k: v for k, v in s.model_dump().items() if k in names})
 
 
-@register_mode("cfic")
+@register_mode("cfic", options=[f for f in CficSettings.model_fields if f != "prefix_cache_mb"])
 def cfic_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -> Answer:
     """Retrieve (to pick the document and regions), extract verbatim evidence, answer from it."""
     t0 = time.perf_counter()

@@ -132,7 +132,8 @@ def _window(pipe: QAPipeline, q: Question, text: str, anchor_char: int) -> tuple
     return offsets[first][0], offsets[first + budget - 1][1], budget, len(offsets)
 
 
-@register_mode("rapid")
+@register_mode("rapid", options=("gamma", "eta", "tail", "temperature", "drafter", "drafter_weights", "budget_tokens",
+                               "threshold", "min_confidence"))
 def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -> Answer:
     """Long-context target + retrieval-context drafter, speculative decoding."""
     t0 = time.perf_counter()

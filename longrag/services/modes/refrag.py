@@ -144,7 +144,7 @@ def _opt(q: Question, name: str, default: Any) -> Any:
     return default if value is None else value
 
 
-@register_mode("refrag")
+@register_mode("refrag", options=("refrag_k", "refrag_p", "refrag_policy"))
 def refrag_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -> Answer:
     """Answer from compressed chunk embeddings of the best document's window."""
     t0 = time.perf_counter()
