@@ -237,11 +237,13 @@ def main() -> None:
                     help="only choose each question's drafter context and record whether it holds the answer")
     ap.add_argument("--pool", nargs="+", metavar="NAME",
                     help="run nothing: pool the questions of these bench/results files into --out")
+    ap.add_argument("--distinct", action="store_true",
+                    help="--pool: a question drawn by more than one run counts once (the first run listed)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="rapid")
     args = ap.parse_args()
     if args.pool:
-        write_result(args.out, pool(args.pool, args.gamma))
+        write_result(args.out, pool(args.pool, args.gamma, distinct=args.distinct))
         return
     set_threads(args.threads)
     from longrag.config import Settings
@@ -561,14 +563,17 @@ def summarise(rows: list[dict], methods: list[str], gamma: int) -> dict[str, Any
     return out
 
 
-def pool(names: list[str], gamma: int) -> dict[str, Any]:
+def pool(names: list[str], gamma: int, *, distinct: bool = False) -> dict[str, Any]:
     """Pool the questions of earlier result files (``bench/results/<name>.json``): per length and
     method, the figures over the questions that ran both that method and target-only, so each
-    speed-up compares the same questions measured side by side."""
+    speed-up compares the same questions measured side by side. ``distinct``: a question (id and
+    length) that several runs drew is kept from the first run listed only."""
     runs = [json.loads((RESULTS / f"{n}.json").read_text()) for n in names]
     if len({r["decoder"] for r in runs}) != 1:
         raise SystemExit(f"--pool: the runs used different decoders: {sorted({r['decoder'] for r in runs})}")
     rows = [q for r in runs for q in r["questions"]]
+    if distinct:
+        rows = list({(q["qid"], q["length"]): q for q in reversed(rows)}.values())[::-1]
     methods = list(dict.fromkeys(m for r in rows for m in r["methods"]))
     out: dict[str, Any] = {}
     for m in methods:
@@ -576,7 +581,8 @@ def pool(names: list[str], gamma: int) -> dict[str, Any]:
         for length, v in summarise(both, ["target", m], gamma).items():
             if length.isdigit():
                 out.setdefault(length, {})[m] = v["methods"][m]
-    return {"pooled": names, "decoder": runs[0]["decoder"], "questions": len(rows), "summary": out}
+    return {"pooled": names, "distinct": distinct, "decoder": runs[0]["decoder"], "questions": len(rows),
+            "summary": out}
 
 
 def verify_cost(rows: list[dict], k: float) -> float:
