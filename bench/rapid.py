@@ -581,8 +581,30 @@ def pool(names: list[str], gamma: int, *, distinct: bool = False) -> dict[str, A
         for length, v in summarise(both, ["target", m], gamma).items():
             if length.isdigit():
                 out.setdefault(length, {})[m] = v["methods"][m]
+    for length, per in out.items():  # answer quality: paired F1 differences with a bootstrap 95% interval
+        rs = [r for r in rows if str(r["length"]) == length]
+        for m in per:
+            per[m]["f1_diff"] = {b: f1_difference(rs, m, b) for b in ("target", "rag_only") if b != m}
     return {"pooled": names, "distinct": distinct, "decoder": runs[0]["decoder"], "questions": len(rows),
             "summary": out}
+
+
+def f1_difference(rows: list[dict], method: str, base: str) -> dict[str, Any] | None:
+    """Mean F1 of ``method`` minus ``base`` over the questions that ran both, the counts of
+    questions each won, and a paired bootstrap 95% confidence interval of the mean difference."""
+    from scipy.stats import bootstrap
+
+    d = np.array([r["methods"][method]["f1"] - r["methods"][base]["f1"] for r in rows
+                  if method in r["methods"] and base in r["methods"]])
+    if len(d) < 2:
+        return None
+    out = {"n": len(d), "mean": round(float(d.mean()), 4), "wins": int((d > 1e-9).sum()),
+           "losses": int((d < -1e-9).sum())}
+    if np.ptp(d) > 0:
+        ci = bootstrap((d,), np.mean, confidence_level=0.95, n_resamples=5000, method="percentile",
+                       random_state=np.random.default_rng(0)).confidence_interval
+        out["ci95"] = [round(float(ci.low), 4), round(float(ci.high), 4)]
+    return out
 
 
 def verify_cost(rows: list[dict], k: float) -> float:
