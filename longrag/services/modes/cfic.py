@@ -70,10 +70,20 @@ def get_extractor(pipe: QAPipeline, name: str | None, adapter: str | None,
         return _extractors[key]
 
 
+# set by the server only (env): the cache size is per process, an adapter is a folder on the server
+SERVER_ONLY = ("prefix_cache_mb", "adapter")
+QUESTION_OPTIONS = tuple(f for f in CficSettings.model_fields if f not in SERVER_ONLY)
+
+
 def _settings(q: Question) -> CficSettings:
     base = CficSettings()
-    known = {k: v for k, v in (q.options or {}).items()  # the cache size is per process: env only
-             if k in CficSettings.model_fields and k != "prefix_cache_mb"}
+    known = {k: v for k, v in (q.options or {}).items() if k in QUESTION_OPTIONS}
+    if known.get("extractor") is not None:
+        from longrag.models.registry import BUNDLED
+
+        decoders = sorted(n for n, spec in BUNDLED.items() if spec.kind == "decoder")
+        if str(known["extractor"]).lower() not in decoders:  # a question names a bundled decoder, not a path
+            raise InvalidRequestError(f"unknown extractor {known['extractor']!r}; choose from {decoders}")
     return base.model_copy(update=known) if known else base
 
 
@@ -82,7 +92,7 @@ def _options(s: CficSettings) -> CficOptions:
     return CficOptions(**{k: v for k, v in s.model_dump().items() if k in names})
 
 
-@register_mode("cfic", options=[f for f in CficSettings.model_fields if f != "prefix_cache_mb"])
+@register_mode("cfic", options=QUESTION_OPTIONS)
 def cfic_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -> Answer:
     """Retrieve (to pick the document and regions), extract verbatim evidence, answer from it."""
     t0 = time.perf_counter()
