@@ -286,7 +286,8 @@ def main() -> None:
     def rapid_name(eta: float, tail: float) -> str:
         return "rapid_eta0" if eta == 0 else f"rapid_eta{eta:g}" + ("" if tail == 0.1 else f"_tail{tail:g}")
 
-    methods = ["target", "rapid_eta0", *[rapid_name(e, t) for e in args.etas for t in args.tails],
+    rapid_variants = [(0.0, 0.1), *[(e, t) for e in args.etas for t in args.tails]]  # (eta, tail)
+    methods = ["target", *[rapid_name(e, t) for e, t in rapid_variants],
                *([f"rapid_eta{args.etas[-1]:g}_fp32"] if compare32 and args.etas else []), "self_spec", "prompt_lookup",
                "prompt_lookup_hf", "ngram_cost", "ngram_cost_warm", "rag_only", "hybrid", "hybrid_warm", "hybrid_whole",
                "hybrid_whole_warm", "hybrid_fixed", "hybrid_ngram1", "hybrid_plus",
@@ -369,7 +370,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 dstate.prefill(draft_ids)
                 row["drafter_prefill_ms"] = round((time.perf_counter() - t0) * 1000, 1)
-            for eta, tail in [(0.0, 0.1), *[(e, t) for e in args.etas for t in args.tails]]:
+            for eta, tail in rapid_variants:
                 name = rapid_name(eta, tail)
                 if name not in methods:
                     continue

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from longrag.errors import LongragError
+from longrag.errors import InvalidRequestError, LongragError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Document QA over long documents.")
 log = logging.getLogger("longrag.cli")
@@ -24,8 +24,6 @@ def _fail(exc: LongragError) -> None:
 
 def _options(pairs: list[str]) -> dict:
     """``KEY=VALUE`` pairs as a mode's options dict (VALUE as JSON when it parses, else text)."""
-    from longrag.errors import InvalidRequestError
-
     out: dict = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")

@@ -638,12 +638,9 @@ def make_dispatcher(settings: Settings) -> LocalDispatcher | CeleryDispatcher:
 def validate_question(payload: dict[str, Any]) -> None:
     """Checks an API can make without a model: text present, mode known, documents exist."""
     from longrag.services import modes
-    from longrag.services.qa import MODES, check_options
+    from longrag.services.qa import check_mode
 
     if not str(payload.get("question") or "").strip():
         raise InvalidRequestError("the question is empty")
     modes.load_all()
-    mode = payload.get("mode") or "plain"
-    if mode not in MODES:
-        raise InvalidRequestError(f"unknown mode {mode!r}; choose from {sorted(MODES)}")
-    check_options(mode, payload.get("options"))
+    check_mode(payload.get("mode") or "plain", payload.get("options"))

@@ -79,8 +79,11 @@ def register_mode(name: str, options: Iterable[str] = ()) -> Callable[[ModeFn], 
     return deco
 
 
-def check_options(mode: str, options: dict[str, Any] | None) -> None:
-    """A clear error for option keys the mode does not read (a typo would otherwise be ignored)."""
+def check_mode(mode: str, options: dict[str, Any] | None) -> None:
+    """A clear error for an unknown mode, or option keys the mode does not read (a typo would
+    otherwise be ignored)."""
+    if mode not in MODES:
+        raise InvalidRequestError(f"unknown mode {mode!r}; choose from {sorted(MODES)}")
     unknown = sorted(set(options or {}) - MODE_OPTIONS.get(mode, frozenset()))
     if unknown:
         takes = ", ".join(sorted(MODE_OPTIONS.get(mode, ()))) or "none"
@@ -147,9 +150,7 @@ class QAPipeline:
     def ask(self, question: Question, on_token: TokenCallback | None = None) -> Answer:
         if not question.text or not question.text.strip():
             raise InvalidRequestError("the question is empty")
-        if question.mode not in MODES:
-            raise InvalidRequestError(f"unknown mode {question.mode!r}; choose from {sorted(MODES)}")
-        check_options(question.mode, question.options)
+        check_mode(question.mode, question.options)
         question.doc_ids = self.corpus.check_docs(question.doc_ids)
         if not self.corpus.list():
             raise InvalidRequestError("no documents are ingested yet")
