@@ -133,6 +133,12 @@ def search(
         f"{r['score']:.3f}  {r['doc_id']}[{r['start']}:{r['end']}]  {r['text'][:160]!r}") for r in rs])
 
 
+def _write_piece(piece: str) -> None:
+    """Stream one decoded piece to the terminal as it arrives."""
+    sys.stdout.write(piece)
+    sys.stdout.flush()
+
+
 @app.command()
 def ask(
     question: str,
@@ -161,11 +167,7 @@ def ask(
     except LongragError as exc:
         _fail(exc)
     pipe = get_pipeline()
-    on_token = None
-    if stream and not as_json:
-        def on_token(piece: str) -> None:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
+    on_token = _write_piece if stream and not as_json else None
     try:
         answer = pipe.ask(Question(question, doc_ids=doc, mode=mode, k=k, max_new_tokens=max_new_tokens, kv=kv,
                                    retriever=retriever, link_hop=link_hop, options=options), on_token)
