@@ -298,35 +298,50 @@ class LongragClient:
                 raise APIError(f"job {job_id} did not finish within {timeout:.0f} s")
             time.sleep(interval)
 
-    def modes(self) -> list[str]:
-        """The answer modes the API offers (``GET /v1/modes``); empty when it does not say."""
+    def _modes_body(self) -> Any:
+        """``GET /v1/modes`` as JSON; ``None`` when the API has no such route."""
         try:
-            body = self._request("GET", "/v1/modes").json()
+            return self._request("GET", "/v1/modes").json()
         except APIError as exc:
             if exc.status in (404, 405):
-                return []
+                return None
             raise
-        rows = body.get("modes", []) if isinstance(body, dict) else body
+
+    def modes(self) -> list[str]:
+        """The answer modes the API offers (``GET /v1/modes``); empty when it does not say."""
+        body = self._modes_body()
+        rows = body.get("modes", []) if isinstance(body, dict) else body or []
         return [str(m.get("name", m)) if isinstance(m, dict) else str(m) for m in rows]
+
+    def mode_options(self) -> dict[str, list[str]]:
+        """The ``options`` keys each mode reads (``GET /v1/modes``); empty when the API does not say."""
+        body = self._modes_body()
+        found = body.get("options") if isinstance(body, dict) else None
+        return {str(m): [str(k) for k in keys] for m, keys in found.items()} if isinstance(found, dict) else {}
 
     # -- questions --------------------------------------------------------------------------------
     @staticmethod
-    def _query_body(question: str, doc_ids: Sequence[str] | None, mode: str | None, stream: bool) -> dict[str, Any]:
+    def _query_body(question: str, doc_ids: Sequence[str] | None, mode: str | None,
+                    options: dict[str, Any] | None, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"question": question, "stream": stream}
         if doc_ids:
             body["doc_ids"] = list(doc_ids)
         if mode:
             body["mode"] = mode
+        if options:
+            body["options"] = dict(options)
         return body
 
-    def query(self, question: str, *, doc_ids: Sequence[str] | None = None, mode: str | None = None) -> QueryResult:
-        """Ask a question and wait for the whole answer."""
-        resp = self._request("POST", "/v1/query", json=self._query_body(question, doc_ids, mode, False),
+    def query(self, question: str, *, doc_ids: Sequence[str] | None = None, mode: str | None = None,
+              options: dict[str, Any] | None = None) -> QueryResult:
+        """Ask a question and wait for the whole answer (``options``: the mode's options, as in REST)."""
+        resp = self._request("POST", "/v1/query", json=self._query_body(question, doc_ids, mode, options, False),
                              timeout=self.query_timeout)
         return QueryResult.from_json(resp.json())
 
     def stream_query(
-        self, question: str, *, doc_ids: Sequence[str] | None = None, mode: str | None = None
+        self, question: str, *, doc_ids: Sequence[str] | None = None, mode: str | None = None,
+        options: dict[str, Any] | None = None,
     ) -> Iterator[StreamItem]:
         """Ask a question with ``stream: true``: yields token strings, then the final result.
 
@@ -335,7 +350,7 @@ class LongragClient:
         Raises:
             APIError: On an HTTP error or an ``error`` event in the stream.
         """
-        body = self._query_body(question, doc_ids, mode, True)
+        body = self._query_body(question, doc_ids, mode, options, True)
         try:
             with self._http.stream("POST", "/v1/query", json=body, timeout=self.query_timeout,
                                    headers={"Accept": "text/event-stream"}) as resp:
@@ -355,7 +370,7 @@ class LongragClient:
 
     # -- batch ------------------------------------------------------------------------------------
     def submit_batch(self, questions: Sequence[str | dict[str, Any]]) -> Submitted:
-        """Submit a list of questions (strings, or objects with ``question``/``doc_ids``/``mode``)."""
+        """Submit a list of questions (strings, or objects with ``question``/``doc_ids``/``mode``/``options``)."""
         body = self._request("POST", "/v1/batch", json=list(questions)).json()
         return Submitted(job_id=str(body["job_id"]), doc_id=None)
 

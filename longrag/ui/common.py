@@ -1,10 +1,12 @@
-"""What every page shares: the API client, cached document texts, small display helpers."""
+"""What every page shares: the API client, cached document texts, small display and input helpers."""
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
@@ -62,3 +64,20 @@ def when(ts: float | None) -> str:
     if not ts:
         return ""
     return datetime.fromtimestamp(float(ts), tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def parse_options(raw: str) -> dict[str, Any] | None:
+    """The mode options typed as a JSON object (``None`` when blank).
+
+    Raises:
+        ValueError: When the text is not a JSON object.
+    """
+    if not raw.strip():
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"mode options are not valid JSON ({exc.msg} at character {exc.pos})") from exc
+    if not isinstance(value, dict):
+        raise ValueError('mode options must be a JSON object, e.g. {"eta": 20, "tail": 0}')
+    return value

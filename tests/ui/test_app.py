@@ -114,3 +114,38 @@ def test_reader_opens_a_document_at_the_linked_position(
     [frag] = [h.proto.body for h in at.html if "<mark" in h.proto.body]
     assert f'data-start="{start}" data-end="{end}"' in frag
     assert text[start:end] in frag
+
+
+@pytest.mark.integration  # the API embeds with the real MiniLM
+def test_ask_page_sends_mode_options_and_reports_bad_ones(
+    monkeypatch: pytest.MonkeyPatch, api_server, gull_point: str
+) -> None:
+    at = _app(monkeypatch, api_server.url)
+    at.switch_page("views/ask.py").run()
+    options = at.text_input[0]
+    assert "rapid: " in options.help and "eta" in options.help  # the keys each mode reads, from /v1/modes
+    at.text_area[0].input("Who kept the lighthouse?")
+    at.multiselect[0].select(gull_point)
+    at.selectbox[0].select("rapid")
+
+    options.input('{"eta": 2')  # not JSON: refused on the page, nothing sent
+    _button(at, "Ask").click()
+    at.run()
+    assert not at.exception
+    assert any("not valid JSON" in e.value for e in at.error), _texts(at, "error")
+    assert "last_answer" not in at.session_state
+
+    at.text_input[0].input('{"etaa": 2}')  # a typo: the API's clear refusal is shown
+    _button(at, "Ask").click()
+    at.run()
+    assert not at.exception
+    assert any("etaa" in e.value and "422" in e.value for e in at.error), _texts(at, "error")
+    assert "last_answer" not in at.session_state
+
+    at.text_input[0].input('{"drafter": "llm", "eta": 2, "tail": 0}')
+    _button(at, "Ask").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error, _texts(at, "error")
+    stats = at.session_state["last_answer"]["result"].stats
+    assert (stats["drafter"], stats["eta"], stats["tail"]) == ("llm", 2.0, 0.0)

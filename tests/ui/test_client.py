@@ -43,6 +43,8 @@ def test_stream_yields_tokens_then_the_same_result_shape_as_query(api: LongragCl
 
 def test_modes_and_batch_jsonl_round_trip(api: LongragClient, gull_point: str) -> None:
     assert {"plain", "full"} <= set(api.modes())
+    options = api.mode_options()
+    assert set(options) == set(api.modes()) and {"eta", "tail", "drafter"} <= set(options["rapid"])
     questions = ["Who kept the lighthouse?", "What did the lamp burn?"]
     data = "".join(json.dumps({"question": q, "doc_ids": [gull_point]}) + "\n" for q in questions).encode()
     sub = api.submit_batch_jsonl("questions.jsonl", data)
@@ -58,6 +60,9 @@ def test_errors_come_back_as_api_errors_with_status_and_code(api: LongragClient)
     with pytest.raises(APIError) as empty:
         api.query("   ")
     assert empty.value.status == 422
+    with pytest.raises(APIError) as typo:
+        api.query("Who?", mode="rapid", options={"etaa": 2})
+    assert typo.value.status == 422 and "etaa" in str(typo.value)
     with pytest.raises(APIError) as stream_missing:
         list(api.stream_query("Who?", doc_ids=["does-not-exist"]))
     assert stream_missing.value.status == 404

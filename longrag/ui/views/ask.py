@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import streamlit as st
 
 from longrag.ui.client import RESET, APIError, QueryResult
-from longrag.ui.common import DEFAULT_MODES, VIEWS, client, doc_label, documents_or_error, show_error, text_of
+from longrag.ui.common import (DEFAULT_MODES, VIEWS, client, doc_label, documents_or_error, parse_options, show_error,
+                               text_of)
 from longrag.ui.highlight import window_html
 
 
-def _modes() -> list[str]:
+def _modes() -> tuple[list[str], dict[str, list[str]]]:
+    """The modes the API offers and the option keys each one reads."""
     try:
-        return client().modes() or DEFAULT_MODES
+        options = client().mode_options()
+        return (list(options) or client().modes() or DEFAULT_MODES), options
     except APIError:
-        return DEFAULT_MODES
+        return DEFAULT_MODES, {}
 
 
-def _stream_answer(question: str, doc_ids: list[str], mode: str) -> QueryResult:
+def _options_help(options: dict[str, list[str]]) -> str:
+    keys = [f"{m}: {', '.join(k)}" for m, k in options.items() if k]
+    return ("A JSON object of the chosen mode's options, as the REST API's `options`. "
+            + ("Keys each mode reads — " + "; ".join(keys) + "." if keys else ""))
+
+
+def _stream_answer(question: str, doc_ids: list[str], mode: str, options: dict[str, Any] | None) -> QueryResult:
     """Show the answer token by token as the API streams it; returns the final result."""
     box = st.empty()
     shown = ""
     box.markdown("_waiting for the first token…_")
-    for item in client().stream_query(question, doc_ids=doc_ids or None, mode=mode):
+    for item in client().stream_query(question, doc_ids=doc_ids or None, mode=mode, options=options):
         if isinstance(item, QueryResult):
             box.markdown(item.answer or "_(empty answer)_")
             return item
@@ -89,13 +100,20 @@ with st.form("ask"):
     c1, c2, c3 = st.columns([4, 2, 2])
     chosen = c1.multiselect("Documents (none chosen: search all)", options=[d.doc_id for d in docs],
                             format_func=lambda i: doc_label(next(d for d in docs if d.doc_id == i)))
-    modes = _modes()
+    modes, mode_options = _modes()
     mode = c2.selectbox("Mode", modes, index=modes.index("plain") if "plain" in modes else 0)
     radius = c3.slider("Context around evidence (chars)", 100, 2000, 300, step=100)
+    raw_options = st.text_input("Mode options (JSON, optional)", placeholder='{"drafter": "llm", "eta": 20, "tail": 0}',
+                                help=_options_help(mode_options))
     stream = st.toggle("Stream tokens", value=True)
     asked = st.form_submit_button("Ask", type="primary", icon=":material/send:")
 
 if asked:
+    try:
+        options = parse_options(raw_options)
+    except ValueError as exc:
+        st.error(str(exc), icon=":material/error:")
+        st.stop()
     if not question.strip():
         st.warning("Type a question first.")
     else:
@@ -103,10 +121,10 @@ if asked:
         try:
             if stream:
                 with st.container(border=True):
-                    result = _stream_answer(question, chosen, mode)
+                    result = _stream_answer(question, chosen, mode, options)
             else:
                 with st.spinner("Thinking…"):
-                    result = client().query(question, doc_ids=chosen or None, mode=mode)
+                    result = client().query(question, doc_ids=chosen or None, mode=mode, options=options)
                 with st.container(border=True):
                     st.markdown(result.answer or "_(empty answer)_")
         except APIError as exc:

@@ -52,7 +52,7 @@ def _results(job_id: str) -> None:
 
 
 st.title("Batch")
-st.caption("One question per line as JSON: `{\"question\": …, \"doc_ids\"?: […], \"mode\"?: …}`. "
+st.caption("One question per line as JSON: `{\"question\": …, \"doc_ids\"?: […], \"mode\"?: …, \"options\"?: {…}}`. "
            "Results come back as JSONL in the same order.")
 with st.form("batch", clear_on_submit=True):
     upload = st.file_uploader("Questions (.jsonl)", type=["jsonl", "ndjson", "json", "txt"])
