@@ -2,7 +2,8 @@
 
 The answer metrics follow the official ``evaluate-v1.1.py`` of SQuAD exactly (lowercase, strip
 punctuation, drop the articles a/an/the, collapse whitespace; max over the gold answers).
-The ranking metrics take a ranked list of ids and the gold judgements of one query.
+The exam metrics read which option of a multiple-choice question (L-Eval's "exam" tasks) an
+answer picks. The ranking metrics take a ranked list of ids and the gold judgements of one query.
 """
 
 from __future__ import annotations
@@ -46,6 +47,30 @@ def best_em_f1(prediction: str, golds: Sequence[str]) -> tuple[float, float]:
     if not golds:
         raise ValueError("at least one gold answer is needed")
     return max(exact_match(prediction, g) for g in golds), max(f1(prediction, g) for g in golds)
+
+
+_OPTION_LINE = re.compile(r"^\s*\(?([A-D])[).]\s*(.+?)\s*$", re.M)
+_LETTER = re.compile(r"(?:^|[\s(\[])([A-D])(?:[).:\]]|\s*$)")
+
+
+def exam_options(question: str) -> dict[str, str]:
+    """The lettered options of a multiple-choice question (lines ``(A) text`` or ``A. text``)."""
+    return {m.group(1): m.group(2) for m in _OPTION_LINE.finditer(question)}
+
+
+def exam_choice(answer: str, options: Mapping[str, str]) -> str | None:
+    """The option an answer picks: its first standalone letter (``B``, ``(B) ...``, ``B. ...``,
+    ``... is C``), else the one option whose normalised text the answer contains; ``None`` if neither.
+
+    A letter counts only before a bracket, a full stop, a colon or the end, so an answer starting
+    with the article "A" is not read as option A.
+    """
+    m = _LETTER.search(answer.strip())
+    if m and m.group(1) in options:
+        return m.group(1)
+    said = normalize_answer(answer)
+    hits = [k for k, text in options.items() if normalize_answer(text) and normalize_answer(text) in said]
+    return hits[0] if len(hits) == 1 else None
 
 
 def first_hit_rank(hits: Sequence[bool]) -> int | None:

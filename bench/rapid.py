@@ -44,6 +44,12 @@ of 2, 4 and gamma + 1 tokens at the question's context length, drafter step at t
 predicts RAPID's speed-up over target-only from the measured acceptance; the JSON lists the
 prediction next to the measurement and the fitted crossover length.
 
+``--task exam`` asks L-Eval's multiple-choice questions instead (TOEFL lecture transcripts and
+QuALITY stories, 3.4k-7k tokens, each over its whole document; the question's options are in the
+question, followed by "Answer with the letter of the correct option."): ``em`` and ``f1`` are then
+the exam accuracy (``bench.metrics.exam_choice``), and a document's questions run one after another
+so its prompt head is prefilled once.
+
 Run: ``.venv/bin/python -m bench.rapid`` (defaults: SmolLM2-135M, 4 questions per length,
 24 new tokens, 1 torch thread). Writes ``bench/results/rapid.json`` after every question.
 """
@@ -64,7 +70,7 @@ import numpy as np
 
 from bench.common import DATASETS, RESULTS, hardware, set_threads, write_result
 from bench.data import load_squad
-from bench.metrics import best_em_f1
+from bench.metrics import best_em_f1, exam_choice, exam_options
 
 
 @dataclass
@@ -74,6 +80,14 @@ class Item:
     question: str
     answers: list[str]
     context: str
+    options: dict[str, str] | None = None  # a multiple-choice question's options (--task exam)
+
+    def score(self, answer: str) -> tuple[float, float]:
+        """(EM, F1) of an answer; for an exam question both are its accuracy (the option it picks)."""
+        if self.options is None:
+            return best_em_f1(answer, self.answers)
+        right = float(exam_choice(answer, self.options) == self.answers[0])
+        return right, right
 
 
 def _window(tok, text: str, anchor: int, length: int, rng: random.Random) -> str:
@@ -125,6 +139,44 @@ def leval_items(tok, length: int, n: int, seed: int) -> list[Item]:
     return out
 
 
+EXAM_TASKS = ("tpo", "quality")  # L-Eval's single-letter multiple-choice tasks
+EXAM_INSTRUCTION = "Answer with the letter of the correct option."
+
+
+def exam_items(tok, length: int, n: int, seed: int, per_doc: int) -> list[Item]:
+    """Multiple-choice questions over whole L-Eval documents (TOEFL lectures and QuALITY stories).
+
+    The seed orders the documents (the two tasks alternating) and the questions inside each; up to
+    ``per_doc`` questions are taken from a document before the next, and a document's questions
+    stay together so its prompt head is prefilled once. A document longer than ``length`` tokens
+    is cut to its first ``length`` tokens.
+    """
+    rng = random.Random(seed + 2)
+    by_task = []
+    for task in EXAM_TASKS:
+        rows = [json.loads(line) for line in (DATASETS / "leval" / f"{task}.jsonl").read_text().splitlines()]
+        order = list(range(len(rows)))
+        rng.shuffle(order)
+        by_task.append([(task, d, rows[d]) for d in order])
+    out: list[Item] = []
+    for task, d, row in (x for pair in zip(*by_task) for x in pair):
+        ids = tok(row["input"], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        context = row["input"] if len(ids) <= length else row["input"][: ids[length - 1][1]]
+        picks = list(range(len(row["instructions"])))
+        rng.shuffle(picks)
+        for i in picks[:per_doc]:
+            question, gold = row["instructions"][i].strip(), row["outputs"][i].strip()
+            options = exam_options(question)
+            letter = gold.lstrip("(")[:1]
+            if len(options) < 2 or letter not in options:
+                continue
+            out.append(Item(f"{task}-{d}-{i}", f"leval_{task}", f"{question}\n{EXAM_INSTRUCTION}", [letter], context,
+                            options))
+            if len(out) >= n:
+                return out
+    return out
+
+
 def chunk_scorer(embedder, question: str, text: str, tok, sub_tokens: int = 128):
     """Score 512-token chunks by the best cosine of their 128-token pieces (MiniLM reads 256)."""
     qv = embedder.encode([question])[0]
@@ -160,7 +212,7 @@ class _Clock:
         pass
 
 
-def hf_prompt_lookup(model, tok, ids, answers, args) -> dict[str, Any]:
+def hf_prompt_lookup(model, tok, ids, it: Item, args) -> dict[str, Any]:
     import torch
 
     from longrag.generation.decoding import stop_token_ids
@@ -176,7 +228,7 @@ def hf_prompt_lookup(model, tok, ids, answers, args) -> dict[str, Any]:
     out = [int(t) for t in gen[0, len(ids):]]
     out = out[: next((i for i, t in enumerate(out) if t in stops), len(out))]
     text = tok.decode(out, skip_special_tokens=True).strip()
-    em, f1 = best_em_f1(text, answers)
+    em, f1 = it.score(text)
     news = clock.times[1:]  # [0] is the prompt
     first_t, first_n = news[0] if news else (t0, 0)
     rest = sum(n for _, n in news[1:])
@@ -239,6 +291,10 @@ def main() -> None:
                     help="run nothing: pool the questions of these bench/results files into --out")
     ap.add_argument("--distinct", action="store_true",
                     help="--pool: a question drawn by more than one run counts once (the first run listed)")
+    ap.add_argument("--task", default="extractive", choices=["extractive", "exam"],
+                    help="extractive: SQuAD + L-Eval NQ, F1/EM; exam: L-Eval TOEFL + QuALITY multiple choice over "
+                         "whole documents, accuracy (reported as em and f1)")
+    ap.add_argument("--per-doc", type=int, default=4, help="--task exam: questions per document at most")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="rapid")
     args = ap.parse_args()
@@ -301,8 +357,14 @@ def main() -> None:
         "methods": methods,
         "note": ("greedy decoding; decode throughput excludes the shared target prefill (each method starts "
                  "from the same pre-filled target cache); drafter prefills are timed separately "
-                 "(drafter_prefill_ms). Sample: --n questions per length, half SQuAD v1.1 dev (article + "
-                 "distractor articles), half L-Eval natural_question (window around a verbatim answer)."),
+                 "(drafter_prefill_ms). Sample: --n questions per length, "
+                 + ("half SQuAD v1.1 dev (article + distractor articles), half L-Eval natural_question (window "
+                    "around a verbatim answer)." if args.task == "extractive" else
+                    "L-Eval tpo and quality multiple-choice questions (up to --per-doc per document, the "
+                    "document's questions consecutive, its prompt head prefilled once: target_prefill_ms is "
+                    "then the question's part) over the whole document (its first L tokens if longer); em = f1 "
+                    "= accuracy: the answer's first standalone option letter, else the one option whose text "
+                    "it contains (bench.metrics.exam_choice), equals the gold letter.")),
     }
     t_start = time.perf_counter()
     learnt = LearntLengths()  # the *_warm methods carry their estimates across questions, as the product does
@@ -314,10 +376,16 @@ def main() -> None:
         learnt.keep((name, kind, length), d)  # the same object learns during this answer
         return d
 
-    per_length = {L: [x for pair in zip(squad_items(tok, L, (args.n + 1) // 2, args.seed),
-                                        leval_items(tok, L, (args.n + 1) // 2, args.seed)) for x in pair][: args.n]
-                  for L in args.lengths}
+    if args.task == "exam":
+        per_length = {L: exam_items(tok, L, args.n, args.seed, args.per_doc) for L in args.lengths}
+    else:
+        per_length = {L: [x for pair in zip(squad_items(tok, L, (args.n + 1) // 2, args.seed),
+                                            leval_items(tok, L, (args.n + 1) // 2, args.seed)) for x in pair][: args.n]
+                      for L in args.lengths}
     jobs = [(L, per_length[L][i]) for i in range(args.n) for L in args.lengths if i < len(per_length[L])]
+    if args.task == "exam":  # a document's questions one after another: its prompt head stays in the cache
+        jobs = [(L, it) for L in args.lengths for it in per_length[L]]
+    target, target_context = None, None
     if True:
         for length, it in jobs:
             tq = time.perf_counter()
@@ -327,7 +395,8 @@ def main() -> None:
                                          relevance=relevance)
             draft_ids = encode_chat(tok, answer_messages(it.question, retrieved.text)) if not retrieved.empty else []
             retrieval = {"qid": it.qid, "source": it.source, "length": length,
-                         "retrieved_has_answer": any(a in retrieved.text for a in it.answers),
+                         "retrieved_has_answer": (any(a in retrieved.text for a in it.answers)
+                                                  if it.options is None else None),
                          "drafter_chunks": [c.index for c in retrieved.chunks],
                          "retrieval_ms": round((time.perf_counter() - tq) * 1000, 1)}
             if args.retrieval_only:
@@ -336,7 +405,8 @@ def main() -> None:
                 continue
             n_self = args.self_spec_tokens or retrieved.budget_tokens
             self_ids = ids[-n_self:]
-            target = KVState(model)
+            if target is None or it.context != target_context:  # the same document: its prefix is reused
+                target, target_context = KVState(model), it.context
             t0 = time.perf_counter()
             target.prefill(ids)
             prefill_ms = (time.perf_counter() - t0) * 1000
@@ -346,7 +416,7 @@ def main() -> None:
             }
 
             def record(name: str, res, extra: dict | None = None) -> None:
-                em, f1 = best_em_f1(res.text, it.answers)
+                em, f1 = it.score(res.text)
                 n_tok = len(res.token_ids)
                 decode_ms = res.total_ms
                 row["methods"][name] = {
@@ -403,11 +473,11 @@ def main() -> None:
             # ... and transformers' own (its assisted-decoding path re-runs the prefill, so only up to
             # --hf-pl-max tokens; its decode time is taken from streamer timestamps after the first round)
             if length <= args.hf_pl_max and "prompt_lookup_hf" in methods:
-                row["methods"]["prompt_lookup_hf"] = hf_prompt_lookup(model, tok, ids, it.answers, args)
+                row["methods"]["prompt_lookup_hf"] = hf_prompt_lookup(model, tok, ids, it, args)
             if draft_ids:
                 if "rag_only" in methods:
                     rag = autoregressive(dstate, tok, draft_ids, config=cfg0)
-                    em, f1 = best_em_f1(rag.text, it.answers)
+                    em, f1 = it.score(rag.text)
                     row["methods"]["rag_only"] = {"answer": rag.text, "em": em, "f1": round(f1, 4),
                                                   "tokens": len(rag.token_ids), "decode_ms": round(rag.total_ms, 1),
                                                   "steady_tokens": max(0, len(rag.token_ids) - 1),
@@ -494,7 +564,8 @@ def main() -> None:
                 + (f" acc={v['acceptance_rate']:.2f}" if "acceptance_rate" in v else "")
                 for m, v in row["methods"].items()), flush=True)
     if args.retrieval_only:
-        summary = {str(L): {"n": len(rs), "retrieved_has_answer": _mean(float(r["retrieved_has_answer"]) for r in rs),
+        summary = {str(L): {"n": len(rs), "retrieved_has_answer": _mean(float(r["retrieved_has_answer"]) for r in rs
+                                                                      if r["retrieved_has_answer"] is not None),
                             "target_only_fallbacks": sum(not r["drafter_chunks"] for r in rs)}
                    for L in args.lengths if (rs := [r for r in rows if r["length"] == L])}
         write_result(args.out, {**meta, "summary": summary, "questions": rows,

@@ -10,6 +10,8 @@ from bench.metrics import (
     best_em_f1,
     dedupe,
     exact_match,
+    exam_choice,
+    exam_options,
     f1,
     first_hit_rank,
     hit_metrics,
@@ -82,3 +84,29 @@ def test_ndcg_hand_computed():
 
 def test_dedupe_keeps_first():
     assert dedupe(["a", "b", "a", "c", "b"]) == ["a", "b", "c"]
+
+
+QUALITY_Q = ("Why did people say the story was untrue?\n\n (A) They know he cheats\n (B) They were haters\n"
+             " (C) He could not have gotten back home without being found out\n (D) It was published by the Times")
+TPO_Q = ("why do beavers forage at night\nA. beavers are safe from predators at night\n"
+         "B. foraging at night requires less energy\nC. beavers stay with their offspring\nD. less competition")
+
+
+def test_exam_options_reads_both_letter_styles() -> None:
+    assert exam_options(QUALITY_Q) == {"A": "They know he cheats", "B": "They were haters",
+                                       "C": "He could not have gotten back home without being found out",
+                                       "D": "It was published by the Times"}
+    assert list(exam_options(TPO_Q)) == ["A", "B", "C", "D"]
+    assert exam_options("Who wrote it?") == {}
+
+
+@pytest.mark.parametrize("answer, choice", [
+    ("B", "B"), ("(C)", "C"), ("C. He could not have gotten back", "C"), ("The answer is D.", "D"),
+    ("Option A", "A"), ("(B) They were haters", "B"),
+    ("He could not have gotten back home without being found out.", "C"),  # the option's text alone
+    ("A story in the Times", None),  # the article "A", no option's whole text
+    ("They were haters, and it was published by the Times", None),  # two options' texts: undecided
+    ("", None), ("E", None),
+])
+def test_exam_choice_takes_the_first_standalone_letter_else_a_unique_option_text(answer: str, choice: str | None) -> None:
+    assert exam_choice(answer, exam_options(QUALITY_Q)) == choice
