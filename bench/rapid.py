@@ -57,6 +57,7 @@ Run: ``.venv/bin/python -m bench.rapid`` (defaults: SmolLM2-135M, 4 questions pe
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import statistics
@@ -143,6 +144,18 @@ EXAM_TASKS = ("tpo", "quality")  # L-Eval's single-letter multiple-choice tasks
 EXAM_INSTRUCTION = "Answer with the letter of the correct option."
 
 
+@functools.cache
+def _exam_rows(task: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (DATASETS / "leval" / f"{task}.jsonl").read_text().splitlines()]
+
+
+def exam_reference(task: str, doc: int, i: int) -> tuple[str, dict[str, str], str]:
+    """An exam question's text, its lettered options and the gold letter."""
+    row = _exam_rows(task)[doc]
+    question = row["instructions"][i].strip()
+    return question, exam_options(question), row["outputs"][i].strip().lstrip("(")[:1]
+
+
 def exam_items(tok, length: int, n: int, seed: int, per_doc: int) -> list[Item]:
     """Multiple-choice questions over whole L-Eval documents (TOEFL lectures and QuALITY stories).
 
@@ -154,7 +167,7 @@ def exam_items(tok, length: int, n: int, seed: int, per_doc: int) -> list[Item]:
     rng = random.Random(seed + 2)
     by_task = []
     for task in EXAM_TASKS:
-        rows = [json.loads(line) for line in (DATASETS / "leval" / f"{task}.jsonl").read_text().splitlines()]
+        rows = _exam_rows(task)
         order = list(range(len(rows)))
         rng.shuffle(order)
         by_task.append([(task, d, rows[d]) for d in order])
@@ -165,9 +178,7 @@ def exam_items(tok, length: int, n: int, seed: int, per_doc: int) -> list[Item]:
         picks = list(range(len(row["instructions"])))
         rng.shuffle(picks)
         for i in picks[:per_doc]:
-            question, gold = row["instructions"][i].strip(), row["outputs"][i].strip()
-            options = exam_options(question)
-            letter = gold.lstrip("(")[:1]
+            question, options, letter = exam_reference(task, d, i)
             if len(options) < 2 or letter not in options:
                 continue
             out.append(Item(f"{task}-{d}-{i}", f"leval_{task}", f"{question}\n{EXAM_INSTRUCTION}", [letter], context,
@@ -657,8 +668,30 @@ def pool(names: list[str], gamma: int, *, distinct: bool = False) -> dict[str, A
         rs = [r for r in rows if str(r["length"]) == length]
         for m in per:
             per[m]["f1_diff"] = {b: f1_difference(rs, m, b) for b in ("target", "rag_only") if b != m}
+        exam = [r for r in rs if r.get("source", "").removeprefix("leval_") in EXAM_TASKS]
+        if exam:
+            per["exam_letters"] = exam_letters(exam)
     return {"pooled": names, "distinct": distinct, "decoder": runs[0]["decoder"], "questions": len(rows),
             "summary": out}
+
+
+def exam_letters(rows: list[dict]) -> dict[str, Any]:
+    """Exam questions: the share of each gold letter (= the accuracy of always answering it, the
+    chance level to compare with) and how often each method picked each letter."""
+    def reference(qid: str) -> tuple[str, dict[str, str], str]:
+        task, doc, i = qid.rsplit("-", 2)  # exam_items' ids: task-document-question
+        return exam_reference(task, int(doc), int(i))
+
+    refs = {r["qid"]: reference(r["qid"]) for r in rows}
+    gold = [refs[r["qid"]][2] for r in rows]
+    picked: dict[str, dict[str, int]] = {}
+    for r in rows:
+        for m, v in r["methods"].items():
+            letter = exam_choice(v["answer"], refs[r["qid"]][1]) or "none"
+            picked.setdefault(m, {}).setdefault(letter, 0)
+            picked[m][letter] += 1
+    return {"n": len(rows), "always_letter_accuracy": {x: round(gold.count(x) / len(gold), 4) for x in "ABCD"},
+            "picked": {m: dict(sorted(c.items())) for m, c in picked.items()}}
 
 
 def f1_difference(rows: list[dict], method: str, base: str) -> dict[str, Any] | None:
