@@ -63,6 +63,7 @@ import random
 import statistics
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -684,12 +685,10 @@ def exam_letters(rows: list[dict]) -> dict[str, Any]:
 
     refs = {r["qid"]: reference(r["qid"]) for r in rows}
     gold = [refs[r["qid"]][2] for r in rows]
-    picked: dict[str, dict[str, int]] = {}
+    picked: dict[str, Counter[str]] = {}
     for r in rows:
         for m, v in r["methods"].items():
-            letter = exam_choice(v["answer"], refs[r["qid"]][1]) or "none"
-            picked.setdefault(m, {}).setdefault(letter, 0)
-            picked[m][letter] += 1
+            picked.setdefault(m, Counter())[exam_choice(v["answer"], refs[r["qid"]][1]) or "none"] += 1
     return {"n": len(rows), "always_letter_accuracy": {x: round(gold.count(x) / len(gold), 4) for x in "ABCD"},
             "picked": {m: dict(sorted(c.items())) for m, c in picked.items()}}
 
