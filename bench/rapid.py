@@ -388,15 +388,13 @@ def main() -> None:
         learnt.keep((name, kind, length), d)  # the same object learns during this answer
         return d
 
-    if args.task == "exam":
-        per_length = {L: exam_items(tok, L, args.n, args.seed, args.per_doc) for L in args.lengths}
+    if args.task == "exam":  # a document's questions one after another: its prompt head stays in the cache
+        jobs = [(L, it) for L in args.lengths for it in exam_items(tok, L, args.n, args.seed, args.per_doc)]
     else:
         per_length = {L: [x for pair in zip(squad_items(tok, L, (args.n + 1) // 2, args.seed),
                                             leval_items(tok, L, (args.n + 1) // 2, args.seed)) for x in pair][: args.n]
                       for L in args.lengths}
-    jobs = [(L, per_length[L][i]) for i in range(args.n) for L in args.lengths if i < len(per_length[L])]
-    if args.task == "exam":  # a document's questions one after another: its prompt head stays in the cache
-        jobs = [(L, it) for L in args.lengths for it in per_length[L]]
+        jobs = [(L, per_length[L][i]) for i in range(args.n) for L in args.lengths if i < len(per_length[L])]
     target, target_context = None, None
     if True:
         for length, it in jobs:
