@@ -13,18 +13,21 @@ from longrag.ui.client import LongragClient
 APP = Path(__file__).resolve().parents[2] / "longrag" / "ui" / "app.py"
 
 
-def _app(monkeypatch: pytest.MonkeyPatch, url: str) -> AppTest:
+def _app(monkeypatch: pytest.MonkeyPatch, url: str, page: str | None = None) -> AppTest:
+    """The app against the API at ``url``, run once, then on ``page`` (e.g. ``views/ask.py``) if given."""
     monkeypatch.setenv("LONGRAG_API_URL", url)
-    at = AppTest.from_file(str(APP), default_timeout=120)
-    return at.run()
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    return at.switch_page(page).run() if page else at
 
 
 def _texts(at: AppTest, kind: str) -> list[str]:
     return [e.value for e in at.get(kind)]
 
 
-def _button(at: AppTest, label: str):
-    return next(b for b in at.button if b.label == label)
+def _press(at: AppTest, label: str) -> None:
+    """Click the button with this label and run the page again, as a browser's click would."""
+    next(b for b in at.button if b.label == label).click()
+    at.run()
 
 
 def test_unreachable_api_is_reported_not_crashed(monkeypatch: pytest.MonkeyPatch, closed_port: int) -> None:
@@ -40,8 +43,7 @@ def test_upload_through_the_page_then_list_and_delete(
     at = _app(monkeypatch, api_server.url)
     body = b"Apples grow in orchards. The orchard at Weller Farm has four hundred trees.\n"
     at.get("file_uploader")[0].upload("orchard.txt", body, "text/plain")
-    _button(at, "Upload and index").click()
-    at.run()
+    _press(at, "Upload and index")
     assert not at.exception
     assert any("orchard.txt" in s.value and "ready" in s.value for s in at.success), _texts(at, "error")
     doc = next(d for d in api.documents() if d.filename == "orchard.txt" or d.title == "orchard.txt")
@@ -60,13 +62,11 @@ def test_ask_page_shows_answer_marked_evidence_and_timings(
 ) -> None:
     doc_id = gull_point
     text = api.document_text(doc_id)
-    at = _app(monkeypatch, api_server.url)
-    at.switch_page("views/ask.py").run()
+    at = _app(monkeypatch, api_server.url, "views/ask.py")
     assert not at.exception
     at.text_area[0].input("How many sailors did Margaret bring back?")
     at.multiselect[0].select(doc_id)
-    _button(at, "Ask").click()
-    at.run()
+    _press(at, "Ask")
     assert not at.exception, at.exception
     assert not at.error, _texts(at, "error")
     metrics = {m.label: m.value for m in at.metric}
@@ -85,12 +85,10 @@ def test_ask_page_shows_answer_marked_evidence_and_timings(
 def test_batch_page_runs_questions_and_offers_results(
     monkeypatch: pytest.MonkeyPatch, api_server, gull_point: str
 ) -> None:
-    at = _app(monkeypatch, api_server.url)
-    at.switch_page("views/batch.py").run()
+    at = _app(monkeypatch, api_server.url, "views/batch.py")
     questions = ["Where was Margaret born?", "What did the board award her?", "When did she retire?"]
     at.text_area[0].input("\n".join(json.dumps({"question": q}) for q in questions))
-    _button(at, "Run batch").click()
-    at.run()
+    _press(at, "Run batch")
     assert not at.exception, at.exception
     assert not at.error, _texts(at, "error")
     assert at.get("download_button"), "no download button"
@@ -120,8 +118,7 @@ def test_reader_opens_a_document_at_the_linked_position(
 def test_ask_page_sends_mode_options_and_reports_bad_ones(
     monkeypatch: pytest.MonkeyPatch, api_server, gull_point: str
 ) -> None:
-    at = _app(monkeypatch, api_server.url)
-    at.switch_page("views/ask.py").run()
+    at = _app(monkeypatch, api_server.url, "views/ask.py")
     options = at.text_input[0]
     assert "rapid: " in options.help and "eta" in options.help  # the keys each mode reads, from /v1/modes
     at.text_area[0].input("Who kept the lighthouse?")
@@ -129,22 +126,19 @@ def test_ask_page_sends_mode_options_and_reports_bad_ones(
     at.selectbox[0].select("rapid")
 
     options.input('{"eta": 2')  # not JSON: refused on the page, nothing sent
-    _button(at, "Ask").click()
-    at.run()
+    _press(at, "Ask")
     assert not at.exception
     assert any("not valid JSON" in e.value for e in at.error), _texts(at, "error")
     assert "last_answer" not in at.session_state
 
     at.text_input[0].input('{"etaa": 2}')  # a typo: the API's clear refusal is shown
-    _button(at, "Ask").click()
-    at.run()
+    _press(at, "Ask")
     assert not at.exception
     assert any("etaa" in e.value and "422" in e.value for e in at.error), _texts(at, "error")
     assert "last_answer" not in at.session_state
 
     at.text_input[0].input('{"drafter": "llm", "eta": 2, "tail": 0}')
-    _button(at, "Ask").click()
-    at.run()
+    _press(at, "Ask")
     assert not at.exception, at.exception
     assert not at.error, _texts(at, "error")
     stats = at.session_state["last_answer"]["result"].stats
