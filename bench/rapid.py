@@ -11,7 +11,8 @@ and answer F1 are compared on equal terms:
 - ``rapid_eta0`` / ``rapid_eta{E}``: RAPID, drafter = same weights on the retrieved context (its
   one-token steps on the ``--drafter-weights`` twin, default fp16 as in the product; with fp16 or
   bf16 also ``rapid_eta{E}_fp32``: the same with the fp32 weights, for comparison;
-  ``rapid_eta{E}_tail{T}`` for each ``--tails`` value other than the default 0.1);
+  ``rapid_eta{E}_tail{T}`` for each ``--tails`` value other than the default 0.1; with
+  ``--consensus`` also ``..._consensus``: the same with consensus acceptance);
 - ``self_spec``: naive self-speculation, drafter = same weights on the last N prompt tokens;
 - ``prompt_lookup``: transformers' ``generate(..., prompt_lookup_num_tokens=10)``;
 - ``rag_only``: the drafter alone (retrieved context only);
@@ -269,6 +270,9 @@ def main() -> None:
     ap.add_argument("--etas", type=float, nargs="+", default=[5.0], help="eta values besides 0")
     ap.add_argument("--tails", type=float, nargs="+", default=[0.1],
                     help="tail guards for the eta > 0 methods (names gain _tail{t} unless t = 0.1, the default)")
+    ap.add_argument("--consensus", action="store_true",
+                    help="also run each eta > 0 method with consensus acceptance (a draft token the plain target "
+                         "accepts is kept at any eta; names gain _consensus)")
     ap.add_argument("--budget", type=int, default=1024, help="drafter budget floor (max(budget, s/24))")
     ap.add_argument("--retriever", default="product", choices=["product", "minilm"],
                     help="how the drafter's chunks are chosen: product = each context ingested into a "
@@ -351,11 +355,13 @@ def main() -> None:
         ranked, dense = chunk_hits(corpus, it.question, doc_id)
         return overlap_scorer(ranked, 0), None if dense is None else overlap_scorer(dense, 0)
     cfg0 = RapidConfig(gamma=args.gamma, eta=0.0, max_new_tokens=args.max_new_tokens)
-    def rapid_name(eta: float, tail: float) -> str:
-        return "rapid_eta0" if eta == 0 else f"rapid_eta{eta:g}" + ("" if tail == 0.1 else f"_tail{tail:g}")
+    def rapid_name(eta: float, tail: float, consensus: bool = False) -> str:
+        return "rapid_eta0" if eta == 0 else (f"rapid_eta{eta:g}" + ("" if tail == 0.1 else f"_tail{tail:g}")
+                                               + ("_consensus" if consensus else ""))
 
-    rapid_variants = [(0.0, 0.1), *[(e, t) for e in args.etas for t in args.tails]]  # (eta, tail)
-    methods = ["target", *[rapid_name(e, t) for e, t in rapid_variants],
+    rapid_variants = [(0.0, 0.1, False), *[(e, t, c) for e in args.etas for t in args.tails  # (eta, tail, consensus)
+                                           for c in ((False, True) if args.consensus else (False,))]]
+    methods = ["target", *[rapid_name(*v) for v in rapid_variants],
                *([f"rapid_eta{args.etas[-1]:g}_fp32"] if compare32 and args.etas else []), "self_spec", "prompt_lookup",
                "prompt_lookup_hf", "ngram_cost", "ngram_cost_warm", "rag_only", "hybrid", "hybrid_warm", "hybrid_whole",
                "hybrid_whole_warm", "hybrid_fixed", "hybrid_ngram1", "hybrid_plus",
@@ -450,11 +456,12 @@ def main() -> None:
                 t0 = time.perf_counter()
                 dstate.prefill(draft_ids)
                 row["drafter_prefill_ms"] = round((time.perf_counter() - t0) * 1000, 1)
-            for eta, tail in rapid_variants:
-                name = rapid_name(eta, tail)
+            for eta, tail, consensus in rapid_variants:
+                name = rapid_name(eta, tail, consensus)
                 if name not in methods:
                     continue
-                cfg = RapidConfig(gamma=args.gamma, eta=eta, tail=tail, max_new_tokens=args.max_new_tokens)
+                cfg = RapidConfig(gamma=args.gamma, eta=eta, tail=tail, consensus=consensus,
+                                  max_new_tokens=args.max_new_tokens)
                 drafter = LMDrafter(dmodel, draft_ids, min_confidence=args.min_confidence, state=dstate) if draft_ids else None
                 record(name, rapid_generate(target, drafter, tok, ids, config=cfg))
             if args.etas and f"rapid_eta{args.etas[-1]:g}_fp32" in methods and draft_ids:  # fp32 drafter, same cache
@@ -666,7 +673,8 @@ def pool(names: list[str], gamma: int, *, distinct: bool = False) -> dict[str, A
     for length, per in out.items():  # answer quality: paired F1 differences with a bootstrap 95% interval
         rs = [r for r in rows if str(r["length"]) == length]
         for m in per:
-            per[m]["f1_diff"] = {b: f1_difference(rs, m, b) for b in ("target", "rag_only") if b != m}
+            bases = ("target", "rag_only", *([m.removesuffix("_consensus")] if m.endswith("_consensus") else []))
+            per[m]["f1_diff"] = {b: f1_difference(rs, m, b) for b in bases if b != m}
         exam = [r for r in rs if r.get("source", "").removeprefix("leval_") in EXAM_TASKS]
         if exam:
             per["exam_letters"] = exam_letters(exam)

@@ -90,6 +90,7 @@ class Settings(BaseSettings):
     rapid_eta: float = 0.0  # knowledge transfer strength (0 = lossless speculative decoding)
     rapid_temperature: float = 0.0  # 0 = greedy
     rapid_tail: float = 0.1  # eta's shift skips tokens whose target probability is under tail * max (paper: 0.1)
+    rapid_consensus: bool = False  # a draft token the plain target accepts is kept at any eta (no effect at eta 0)
     rapid_chunk_tokens: int = 512  # drafter retrieval unit, decoder tokens, no overlap
     rapid_budget_tokens: int = 1024  # drafter context = max(this, s / 24) tokens (paper: 4096 at 128K)
     rapid_threshold: float = 0.3  # chunks whose dense cosine is under this are dropped (the retriever orders the rest)

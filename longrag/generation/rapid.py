@@ -681,6 +681,7 @@ def verify(
     eta: float,
     temperature: float,
     tail: float = 0.1,
+    consensus: bool = False,
     generator: torch.Generator | None = None,
 ) -> Verdict:
     """Accept a prefix of ``draft`` and choose the next token.
@@ -693,6 +694,12 @@ def verify(
             looked-up token's logit and, with a large ``eta``, accept whatever the lookup copied).
         target_logits: ``[k + 1, V]`` target logits; row ``i`` predicts ``draft[i]``, row ``k``
             the bonus token.
+        consensus: the shift may add acceptances but never remove one: a draft token the plain
+            target accepts is accepted at any ``eta`` (greedy: it is the target's own argmax;
+            sampling: accepted with probability ``min(1, max(p, p_hat)(x) / q(x))``). Without it,
+            ``eta * (q - p)`` lowers a token that both models rank first whenever the target is
+            surer of it than the drafter, and a large ``eta`` can then emit a token neither model
+            prefers. ``eta = 0`` is unchanged either way.
     """
     k = len(draft)
     if q is None:
@@ -703,12 +710,13 @@ def verify(
         p, adj = adjusted_logits(z, qi, eta=eta, temperature=temperature, tail=tail)
         if temperature <= 0:
             best = int(torch.argmax(adj).item())
-            if best == x:
+            if best == x or (consensus and x == int(torch.argmax(p).item())):
                 continue
             return Verdict(i, best)
         p_hat = torch.softmax(adj, dim=-1) if eta != 0 else p
         qx = float(qi[x])
-        ratio = 1.0 if qx <= 0 else float(p_hat[x]) / qx
+        px = max(float(p_hat[x]), float(p[x])) if consensus else float(p_hat[x])
+        ratio = 1.0 if qx <= 0 else px / qx
         u = float(torch.rand((), generator=generator))
         if u < min(1.0, ratio):
             continue
@@ -737,6 +745,8 @@ class RapidConfig:
         eta: knowledge-transfer strength (>= 0; 0 = standard speculative decoding).
         temperature: sampling temperature; 0 = greedy (argmax agreement).
         tail: tokens with target probability under ``tail * max`` keep the plain target logit.
+        consensus: a draft token the plain target would accept is accepted at any ``eta``
+            (see :func:`verify`).
         max_new_tokens: answer length cap.
         seed: sampling seed.
     """
@@ -745,6 +755,7 @@ class RapidConfig:
     eta: float = 0.0
     temperature: float = 0.0
     tail: float = 0.1
+    consensus: bool = False
     max_new_tokens: int = 48
     seed: int = 0
 
@@ -937,7 +948,7 @@ def rapid_generate(
         logits = target.advance(prompt + out, extra=draft.tokens, keep=k + 1)
         res["target_calls"] += 1
         verdict = verify(draft.tokens, draft.probs, logits, eta=config.eta, temperature=config.temperature,
-                         tail=config.tail, generator=gen)
+                         tail=config.tail, consensus=config.consensus, generator=gen)
         tend = time.perf_counter()
         res["verify_ms"] += (tend - tv) * 1000
         if hasattr(drafter, "observe"):

@@ -169,6 +169,26 @@ def test_one_hot_drafts_are_verified_losslessly_at_any_eta():
     assert accepted / 400 < 0.05  # p(x = 3) ~ 0.0008 under the target
 
 
+def test_consensus_keeps_a_token_both_models_rank_first():
+    # both rank token 0 first; the target is surer (0.9) than the drafter (0.6), which gives
+    # token 1 0.3 where the target gives it 0.01: eta * (q - p) then lifts token 1 over token 0
+    z = torch.log(torch.tensor([[0.9, 0.01, 0.09], [0.2, 0.5, 0.3]]))
+    q = torch.tensor([[0.6, 0.3, 0.1]])
+    assert verify([0], q, z, eta=20.0, temperature=0.0, tail=0.0) == Verdict(0, 1)
+    assert verify([0], q, z, eta=20.0, temperature=0.0, tail=0.0, consensus=True) == Verdict(1, 1)
+    # where the models disagree, the shift still decides: token 1 drafted, the target prefers 0
+    q1 = torch.tensor([[0.2, 0.7, 0.1]])
+    assert verify([1], q1, z, eta=20.0, temperature=0.0, tail=0.0, consensus=True) == Verdict(1, 1)
+    assert verify([1], q1, z, eta=0.0, temperature=0.0, consensus=True) == Verdict(0, 0)
+    # sampling: p(x) >= q(x), so plain speculative sampling always accepts token 0; so does consensus
+    def accepted(consensus: bool) -> int:
+        gen = torch.Generator().manual_seed(0)
+        return sum(verify([0], q, z, eta=20.0, temperature=1.0, tail=0.0, consensus=consensus,
+                          generator=gen).accepted for _ in range(200))
+    assert accepted(True) == 200
+    assert accepted(False) < 20
+
+
 def _simulate_two_tokens(zs, qs, *, eta: float, gamma: int, gen: torch.Generator) -> tuple[int, int]:
     """Run speculative rounds on a context-free synthetic model until 2 tokens are out."""
     out: list[int] = []
@@ -508,7 +528,7 @@ def test_rapid_mode_empty_retrieval_and_bad_options(tiny_decoder_dir):
                             options={"threshold": 2.0}))
     assert ans.stats["fallback_target_only"] and ans.stats["drafted"] == 0 and ans.stats["drafter"] is None
     for bad in ({"gamma": 0}, {"eta": -1}, {"drafter": "oracle"}, {"gamma": "many"}, {"drafter_weights": "int2"},
-                {"tail": 1.5}, {"tail": -0.1}, {"tail": "thin"}):
+                {"tail": 1.5}, {"tail": -0.1}, {"tail": "thin"}, {"consensus": "yes"}, {"consensus": 1}):
         with pytest.raises(InvalidRequestError):
             pipe.ask(Question("Who was the Norman leader?", mode="rapid", options=bad))
     with pytest.raises(InvalidRequestError, match="kv"):
@@ -521,6 +541,18 @@ def test_rapid_mode_empty_retrieval_and_bad_options(tiny_decoder_dir):
                        ({"rapid_verify_slope": -0.1}, "VERIFY_SLOPE")):
         with pytest.raises(InvalidRequestError, match=match):
             _pipe(tiny_decoder_dir, **bad).ask(Question("Who was the Norman leader?", mode="rapid", max_new_tokens=4))
+
+
+def test_rapid_mode_consensus_option(tiny_decoder_dir):
+    pipe = _pipe(tiny_decoder_dir)
+    def ask(**options):
+        return pipe.ask(Question("Who was the Norman leader?", mode="rapid", max_new_tokens=8,
+                                 options={"threshold": 0.0, "drafter": "llm", **options}))
+    plain, agreed = ask(), ask(consensus=True)
+    assert plain.stats["consensus"] is False and agreed.stats["consensus"] is True
+    assert agreed.answer == plain.answer  # eta 0: lossless with or without it
+    assert _pipe(tiny_decoder_dir, rapid_consensus=True).ask(
+        Question("Who was the Norman leader?", mode="rapid", max_new_tokens=4)).stats["consensus"] is True
 
 
 def test_rapid_mode_draft_lengths_give_the_same_greedy_answer(tiny_decoder_dir):

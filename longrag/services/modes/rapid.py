@@ -7,7 +7,7 @@ window that retrieval ranks best (budget ``max(budget, s / 24)``), in document o
 drafter proposes up to ``gamma`` tokens, the target verifies them in one pass.
 
 Options (``Question.options``, else settings ``LONGRAG_RAPID_*``): ``gamma``, ``eta``, ``tail``,
-``temperature``, ``drafter`` (``llm`` | ``hybrid`` | ``ngram``), ``budget_tokens``,
+``consensus`` (true / false), ``temperature``, ``drafter`` (``llm`` | ``hybrid`` | ``ngram``), ``budget_tokens``,
 ``threshold``, ``min_confidence``, ``drafter_weights`` (``fp16`` | ``bf16`` | ``fp32``: the
 drafter's one-token steps on half-precision linear weights, generation/precision.py).
 
@@ -120,6 +120,13 @@ def _opt(q: Question, name: str, default: Any, kind: type) -> Any:
         raise InvalidRequestError(f"option {name!r} must be {kind.__name__}, got {value!r}") from exc
 
 
+def _flag(q: Question, name: str, default: bool) -> bool:
+    value = q.options.get(name, default) if q.options else default
+    if not isinstance(value, bool):
+        raise InvalidRequestError(f"option {name!r} must be true or false, got {value!r}")
+    return value
+
+
 def _window(pipe: QAPipeline, q: Question, text: str, anchor_char: int) -> tuple[int, int, int, int]:
     """The full mode's window: ``(start_char, end_char, window_tokens, document_tokens)``."""
     tok = pipe.decoder.tokenizer
@@ -132,8 +139,8 @@ def _window(pipe: QAPipeline, q: Question, text: str, anchor_char: int) -> tuple
     return offsets[first][0], offsets[first + budget - 1][1], budget, len(offsets)
 
 
-@register_mode("rapid", options=("gamma", "eta", "tail", "temperature", "drafter", "drafter_weights", "budget_tokens",
-                               "threshold", "min_confidence"))
+@register_mode("rapid", options=("gamma", "eta", "tail", "consensus", "temperature", "drafter", "drafter_weights",
+                               "budget_tokens", "threshold", "min_confidence"))
 def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -> Answer:
     """Long-context target + retrieval-context drafter, speculative decoding."""
     t0 = time.perf_counter()
@@ -152,6 +159,7 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
             eta=_opt(q, "eta", s.rapid_eta, float),
             temperature=_opt(q, "temperature", s.rapid_temperature, float),
             tail=_opt(q, "tail", s.rapid_tail, float),
+            consensus=_flag(q, "consensus", s.rapid_consensus),
             max_new_tokens=q.max_new_tokens or s.max_new_tokens,
         )
     except ValueError as exc:
@@ -261,6 +269,7 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
         "warm_start": bool(s.rapid_warm_start and length is not None) if drafter is not None and drafter_kind != "llm" else None,
         "eta": config.eta,
         "tail": config.tail,
+        "consensus": config.consensus,
         "temperature": config.temperature,
         "context_tokens": window_tokens,
         "document_tokens": doc_tokens,
