@@ -307,6 +307,9 @@ def main() -> None:
                     help="run nothing: pool the questions of these bench/results files into --out")
     ap.add_argument("--distinct", action="store_true",
                     help="--pool: a question drawn by more than one run counts once (the first run listed)")
+    ap.add_argument("--exclude", nargs="+", metavar="NAME", default=[],
+                    help="--pool: leave out the questions (id and length) that these results files hold, e.g. those "
+                         "a setting was chosen on")
     ap.add_argument("--task", default="extractive", choices=["extractive", "exam"],
                     help="extractive: SQuAD + L-Eval NQ, F1/EM; exam: L-Eval TOEFL + QuALITY multiple choice over "
                          "whole documents, accuracy (reported as em and f1)")
@@ -315,7 +318,7 @@ def main() -> None:
     ap.add_argument("--out", default="rapid")
     args = ap.parse_args()
     if args.pool:
-        write_result(args.out, pool(args.pool, args.gamma, distinct=args.distinct))
+        write_result(args.out, pool(args.pool, args.gamma, distinct=args.distinct, exclude=args.exclude))
         return
     set_threads(args.threads)
     from longrag.config import Settings
@@ -652,15 +655,20 @@ def summarise(rows: list[dict], methods: list[str], gamma: int) -> dict[str, Any
     return out
 
 
-def pool(names: list[str], gamma: int, *, distinct: bool = False) -> dict[str, Any]:
+def pool(names: list[str], gamma: int, *, distinct: bool = False, exclude: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Pool the questions of earlier result files (``bench/results/<name>.json``): per length and
     method, the figures over the questions that ran both that method and target-only, so each
     speed-up compares the same questions measured side by side. ``distinct``: a question (id and
-    length) that several runs drew is kept from the first run listed only."""
-    runs = [json.loads((RESULTS / f"{n}.json").read_text()) for n in names]
+    length) that several runs drew is kept from the first run listed only. ``exclude``: questions
+    (id and length) held by these result files are left out."""
+    def load(n: str) -> dict[str, Any]:
+        return json.loads((RESULTS / f"{n}.json").read_text())
+
+    runs = [load(n) for n in names]
     if len({r["decoder"] for r in runs}) != 1:
         raise SystemExit(f"--pool: the runs used different decoders: {sorted({r['decoder'] for r in runs})}")
-    rows = [q for r in runs for q in r["questions"]]
+    seen = {(q["qid"], q["length"]) for n in exclude for q in load(n)["questions"]}
+    rows = [q for r in runs for q in r["questions"] if (q["qid"], q["length"]) not in seen]
     if distinct:
         rows = list({(q["qid"], q["length"]): q for q in reversed(rows)}.values())[::-1]
     methods = list(dict.fromkeys(m for r in rows for m in r["methods"]))
@@ -678,7 +686,8 @@ def pool(names: list[str], gamma: int, *, distinct: bool = False) -> dict[str, A
         exam = [r for r in rs if r.get("source", "").removeprefix("leval_") in EXAM_TASKS]
         if exam:
             per["exam_letters"] = exam_letters(exam)
-    return {"pooled": names, "distinct": distinct, "decoder": runs[0]["decoder"], "questions": len(rows),
+    return {"pooled": names, "distinct": distinct, "excluded": list(exclude), "decoder": runs[0]["decoder"],
+            "questions": len(rows),
             "summary": out}
 
 
