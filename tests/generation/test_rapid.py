@@ -35,7 +35,7 @@ from longrag.generation.rapid import (
 )
 from longrag.models.tiny import build_tiny_decoder
 from longrag.services.corpus import Corpus
-from longrag.services.qa import MODES, QAPipeline, Question
+from longrag.services.qa import MODE_OPTIONS, MODES, QAPipeline, Question
 
 CONTEXT = (
     "The quick brown fox jumps over the lazy dog. She spent eleven years there. "
@@ -553,6 +553,26 @@ def test_rapid_mode_consensus_option(tiny_decoder_dir):
     assert agreed.answer == plain.answer  # eta 0: lossless with or without it
     assert _pipe(tiny_decoder_dir, rapid_consensus=True).ask(
         Question("Who was the Norman leader?", mode="rapid", max_new_tokens=4)).stats["consensus"] is True
+
+
+def test_rapid_mode_reads_exactly_its_registered_options(tiny_decoder_dir):
+    # the keys a request may set (register_mode) and the keys the mode reads are two lists
+    class ReadKeys(dict):
+        def __init__(self) -> None:
+            super().__init__()
+            self.read: set[str] = set()
+
+        def __bool__(self) -> bool:
+            return True
+
+        def get(self, key, default=None):
+            self.read.add(key)
+            return default
+
+    options = ReadKeys()
+    _pipe(tiny_decoder_dir).ask(Question("Who was the Norman leader?", mode="rapid", max_new_tokens=4,
+                                         options=options))
+    assert options.read == MODE_OPTIONS["rapid"]
 
 
 def test_rapid_mode_draft_lengths_give_the_same_greedy_answer(tiny_decoder_dir):
