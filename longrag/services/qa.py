@@ -63,6 +63,23 @@ class Question:
     link_hop: int | None = None  # title-link hop: top hits read (0: off; None: the default)
     options: dict[str, Any] = field(default_factory=dict)
 
+    def option(self, name: str, default: Any, kind: type) -> Any:
+        """The mode option ``name`` as ``kind`` (``bool``: true or false only); absent or null:
+        ``default``; a value that is not a ``kind``: :class:`InvalidRequestError`."""
+        value = self.options.get(name) if self.options else None
+        if value is None:
+            return default
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+        else:
+            try:
+                return kind(value)
+            except (TypeError, ValueError):
+                pass
+        wanted = "true or false" if kind is bool else kind.__name__
+        raise InvalidRequestError(f"option {name!r} must be {wanted}, got {value!r}")
+
 
 ModeFn = Callable[["QAPipeline", Question, TokenCallback | None], Answer]
 MODES: dict[str, ModeFn] = {}

@@ -59,6 +59,19 @@ def test_bad_questions(pipe: QAPipeline):
     with pytest.raises(InvalidRequestError, match="unknown mode"):
         pipe.ask(Question("Who?", mode="nope"))
     assert {"plain", "full"} <= set(MODES)
+    for bad in ({"refrag_k": "many"}, {"refrag_p": [0.5]}):  # a clear error, before any model loads
+        with pytest.raises(InvalidRequestError, match="must be"):
+            pipe.ask(Question("Who?", mode="refrag", options=bad))
+
+
+def test_mode_options_are_typed_and_null_means_the_default():
+    q = Question("Who?", options={"eta": "2.5", "gamma": None, "consensus": True, "flag": "yes", "k": "many"})
+    assert q.option("eta", 0.0, float) == 2.5 and q.option("gamma", 10, int) == 10
+    assert q.option("absent", "hybrid", str) == "hybrid" and Question("Who?").option("eta", 1.0, float) == 1.0
+    assert q.option("consensus", False, bool) is True
+    for name, kind, message in (("flag", bool, "true or false"), ("k", int, "must be int")):
+        with pytest.raises(InvalidRequestError, match=message):
+            q.option(name, None, kind)
 
 
 def test_no_documents_is_a_clear_error(tiny_decoder_dir):

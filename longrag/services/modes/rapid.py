@@ -112,21 +112,6 @@ def overlap_scorer(hits: list[Hit], offset: int):
     return score
 
 
-def _opt(q: Question, name: str, default: Any, kind: type) -> Any:
-    value = q.options.get(name, default) if q.options else default
-    try:
-        return kind(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequestError(f"option {name!r} must be {kind.__name__}, got {value!r}") from exc
-
-
-def _flag(q: Question, name: str, default: bool) -> bool:
-    value = q.options.get(name, default) if q.options else default
-    if not isinstance(value, bool):
-        raise InvalidRequestError(f"option {name!r} must be true or false, got {value!r}")
-    return value
-
-
 def _window(pipe: QAPipeline, q: Question, text: str, anchor_char: int) -> tuple[int, int, int, int]:
     """The full mode's window: ``(start_char, end_char, window_tokens, document_tokens)``."""
     tok = pipe.decoder.tokenizer
@@ -147,26 +132,26 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
     s = pipe.settings
     if q.kv not in (None, "full", "sentencekv"):
         raise InvalidRequestError(f"unknown kv {q.kv!r}; choose from ['full', 'sentencekv']")
-    drafter_kind = str(q.options.get("drafter", s.rapid_drafter_kind) if q.options else s.rapid_drafter_kind)
+    drafter_kind = q.option("drafter", s.rapid_drafter_kind, str)
     if drafter_kind not in DRAFTERS:
         raise InvalidRequestError(f"unknown drafter {drafter_kind!r}; choose from {list(DRAFTERS)}")
-    weights = str(q.options.get("drafter_weights", s.rapid_drafter_weights) if q.options else s.rapid_drafter_weights)
+    weights = q.option("drafter_weights", s.rapid_drafter_weights, str)
     if weights not in WEIGHTS:
         raise InvalidRequestError(f"unknown drafter weights {weights!r}; choose from {list(WEIGHTS)}")
     try:
         config = RapidConfig(
-            gamma=_opt(q, "gamma", s.rapid_gamma, int),
-            eta=_opt(q, "eta", s.rapid_eta, float),
-            temperature=_opt(q, "temperature", s.rapid_temperature, float),
-            tail=_opt(q, "tail", s.rapid_tail, float),
-            consensus=_flag(q, "consensus", s.rapid_consensus),
+            gamma=q.option("gamma", s.rapid_gamma, int),
+            eta=q.option("eta", s.rapid_eta, float),
+            temperature=q.option("temperature", s.rapid_temperature, float),
+            tail=q.option("tail", s.rapid_tail, float),
+            consensus=q.option("consensus", s.rapid_consensus, bool),
             max_new_tokens=q.max_new_tokens or s.max_new_tokens,
         )
     except ValueError as exc:
         raise InvalidRequestError(f"rapid: {exc}") from exc
-    budget_tokens = _opt(q, "budget_tokens", s.rapid_budget_tokens, int)
-    threshold = _opt(q, "threshold", s.rapid_threshold, float)
-    min_conf = _opt(q, "min_confidence", s.rapid_min_confidence, float)
+    budget_tokens = q.option("budget_tokens", s.rapid_budget_tokens, int)
+    threshold = q.option("threshold", s.rapid_threshold, float)
+    min_conf = q.option("min_confidence", s.rapid_min_confidence, float)
     if not 1 <= s.rapid_min_ngram <= s.rapid_max_ngram:
         raise InvalidRequestError(f"rapid: need 1 <= LONGRAG_RAPID_MIN_NGRAM ({s.rapid_min_ngram}) "
                                   f"<= LONGRAG_RAPID_MAX_NGRAM ({s.rapid_max_ngram})")

@@ -139,19 +139,14 @@ def chunk_window(art: ChunkArtifact, anchor_char: int, max_chunks: int) -> tuple
     return first, first + max_chunks
 
 
-def _opt(q: Question, name: str, default: Any) -> Any:
-    value = q.options.get(name) if q.options else None
-    return default if value is None else value
-
-
 @register_mode("refrag", options=("refrag_k", "refrag_p", "refrag_policy"))
 def refrag_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -> Answer:
     """Answer from compressed chunk embeddings of the best document's window."""
     t0 = time.perf_counter()
     s = pipe.settings
-    k = int(_opt(q, "refrag_k", s.refrag_k))
-    p = float(_opt(q, "refrag_p", s.refrag_p))
-    policy = str(_opt(q, "refrag_policy", s.refrag_policy))
+    k = q.option("refrag_k", s.refrag_k, int)
+    p = q.option("refrag_p", s.refrag_p, float)
+    policy = q.option("refrag_policy", s.refrag_policy, str)
     if not 0.0 <= p <= 1.0:
         raise InvalidRequestError("refrag_p must be in [0, 1]")
     if policy not in ("query", "ppl", "none"):
