@@ -655,7 +655,8 @@ def summarise(rows: list[dict], methods: list[str], gamma: int) -> dict[str, Any
     return out
 
 
-def pool(names: list[str], gamma: int, *, distinct: bool = False, exclude: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+def pool(names: list[str], gamma: int, *, distinct: bool = False,
+         exclude: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Pool the questions of earlier result files (``bench/results/<name>.json``): per length and
     method, the figures over the questions that ran both that method and target-only, so each
     speed-up compares the same questions measured side by side. ``distinct``: a question (id and
@@ -687,8 +688,7 @@ def pool(names: list[str], gamma: int, *, distinct: bool = False, exclude: list[
         if exam:
             per["exam_letters"] = exam_letters(exam)
     return {"pooled": names, "distinct": distinct, "excluded": list(exclude), "decoder": runs[0]["decoder"],
-            "questions": len(rows),
-            "summary": out}
+            "questions": len(rows), "summary": out}
 
 
 def exam_letters(rows: list[dict]) -> dict[str, Any]:
