@@ -417,6 +417,7 @@ def main() -> None:
                          "retrieved_has_answer": (any(a in retrieved.text for a in it.answers)
                                                   if it.options is None else None),
                          "drafter_chunks": [c.index for c in retrieved.chunks],
+                         "top_relevance": retrieved.top_relevance,
                          "retrieval_ms": round((time.perf_counter() - tq) * 1000, 1)}
             if args.retrieval_only:
                 rows.append(retrieval)

@@ -66,6 +66,13 @@ class RetrievedContext:
     scores: list[float]
     document_tokens: int
     budget_tokens: int
+    relevance: list[float] | None = None  # what the threshold applied to, per chunk (None: the scores)
+
+    @property
+    def top_relevance(self) -> float | None:
+        """The best selected chunk's relevance (the threshold's scale); None when nothing was kept."""
+        rel = self.scores if self.relevance is None else self.relevance
+        return max(rel) if rel else None
 
     @property
     def tokens(self) -> int:
@@ -182,6 +189,7 @@ def retrieve_context(
         [float(scores[i]) for i in picked],
         len(offsets),
         budget,
+        None if rel is None else [float(rel[i]) for i in picked],
     )
 
 
@@ -682,6 +690,7 @@ def verify(
     temperature: float,
     tail: float = 0.1,
     consensus: bool = False,
+    residual: bool = False,
     generator: torch.Generator | None = None,
 ) -> Verdict:
     """Accept a prefix of ``draft`` and choose the next token.

@@ -126,6 +126,9 @@ def test_selection_orders_by_scores_and_thresholds_relevance(tiny):
     res = retrieve_context(CONTEXT, tok, ranks, chunk_tokens=10, budget_tokens=30, threshold=0.3,
                            relevance=lambda cs: cosines[: len(cs)])
     assert [c.index for c in res.chunks] == [2, 4] and res.scores == [ranks[2], ranks[4]]
+    assert res.relevance == [0.5, 0.4] and res.top_relevance == 0.5  # on the threshold's scale, not the ranks'
+    plain = retrieve_context(CONTEXT, tok, cosines, chunk_tokens=10, budget_tokens=30, threshold=0.3)
+    assert plain.relevance is None and plain.top_relevance == 0.5
     with pytest.raises(ValueError):
         select_chunks(chunks, ranks, budget=10, relevance=cosines[:-1])
 
@@ -133,7 +136,7 @@ def test_selection_orders_by_scores_and_thresholds_relevance(tiny):
 def test_empty_retrieval_falls_back_to_target_only(tiny):
     tok, model = tiny
     res = retrieve_context(CONTEXT, tok, lambda chunks: [0.1] * len(chunks), chunk_tokens=32, threshold=0.3)
-    assert res.empty and res.text == ""
+    assert res.empty and res.text == "" and res.top_relevance is None
     ids = _prompt(tok)
     out = rapid_generate(KVState(model), None, tok, ids, config=RapidConfig(max_new_tokens=8))
     ref = generate(model, tok, ids, max_new_tokens=8)
