@@ -12,7 +12,8 @@ and answer F1 are compared on equal terms:
   one-token steps on the ``--drafter-weights`` twin, default fp16 as in the product; with fp16 or
   bf16 also ``rapid_eta{E}_fp32``: the same with the fp32 weights, for comparison;
   ``rapid_eta{E}_tail{T}`` for each ``--tails`` value other than the default 0.1; with
-  ``--consensus`` also ``..._consensus``: the same with consensus acceptance);
+  ``--consensus`` also ``..._consensus``: the same with consensus acceptance; with ``--residual``
+  also ``..._residual``: greedy rejections emit the rejection residual's argmax);
 - ``self_spec``: naive self-speculation, drafter = same weights on the last N prompt tokens;
 - ``prompt_lookup``: transformers' ``generate(..., prompt_lookup_num_tokens=10)``;
 - ``rag_only``: the drafter alone (retrieved context only);
@@ -273,6 +274,9 @@ def main() -> None:
     ap.add_argument("--consensus", action="store_true",
                     help="also run each eta > 0 method with consensus acceptance (a draft token the plain target "
                          "accepts is kept at any eta; names gain _consensus)")
+    ap.add_argument("--residual", action="store_true",
+                    help="also run each eta > 0 method with residual replacement (a rejected draft token is "
+                         "replaced by the argmax of the rejection residual, not of p_hat; names gain _residual)")
     ap.add_argument("--budget", type=int, default=1024, help="drafter budget floor (max(budget, s/24))")
     ap.add_argument("--retriever", default="product", choices=["product", "minilm"],
                     help="how the drafter's chunks are chosen: product = each context ingested into a "
@@ -358,12 +362,14 @@ def main() -> None:
         ranked, dense = chunk_hits(corpus, it.question, doc_id)
         return overlap_scorer(ranked, 0), None if dense is None else overlap_scorer(dense, 0)
     cfg0 = RapidConfig(gamma=args.gamma, eta=0.0, max_new_tokens=args.max_new_tokens)
-    def rapid_name(eta: float, tail: float, consensus: bool = False) -> str:
+    def rapid_name(eta: float, tail: float, consensus: bool = False, residual: bool = False) -> str:
         return "rapid_eta0" if eta == 0 else (f"rapid_eta{eta:g}" + ("" if tail == 0.1 else f"_tail{tail:g}")
-                                               + ("_consensus" if consensus else ""))
+                                               + ("_consensus" if consensus else "") + ("_residual" if residual else ""))
 
-    rapid_variants = [(0.0, 0.1, False), *[(e, t, c) for e in args.etas for t in args.tails  # (eta, tail, consensus)
-                                           for c in ((False, True) if args.consensus else (False,))]]
+    rapid_variants = [(0.0, 0.1, False, False),  # (eta, tail, consensus, residual)
+                      *[(e, t, c, r) for e in args.etas for t in args.tails
+                        for c in ((False, True) if args.consensus else (False,))
+                        for r in ((False, True) if args.residual else (False,))]]
     methods = ["target", *[rapid_name(*v) for v in rapid_variants],
                *([f"rapid_eta{args.etas[-1]:g}_fp32"] if compare32 and args.etas else []), "self_spec", "prompt_lookup",
                "prompt_lookup_hf", "ngram_cost", "ngram_cost_warm", "rag_only", "hybrid", "hybrid_warm", "hybrid_whole",
@@ -460,11 +466,11 @@ def main() -> None:
                 t0 = time.perf_counter()
                 dstate.prefill(draft_ids)
                 row["drafter_prefill_ms"] = round((time.perf_counter() - t0) * 1000, 1)
-            for eta, tail, consensus in rapid_variants:
-                name = rapid_name(eta, tail, consensus)
+            for eta, tail, consensus, residual in rapid_variants:
+                name = rapid_name(eta, tail, consensus, residual)
                 if name not in methods:
                     continue
-                cfg = RapidConfig(gamma=args.gamma, eta=eta, tail=tail, consensus=consensus,
+                cfg = RapidConfig(gamma=args.gamma, eta=eta, tail=tail, consensus=consensus, residual=residual,
                                   max_new_tokens=args.max_new_tokens)
                 drafter = LMDrafter(dmodel, draft_ids, min_confidence=args.min_confidence, state=dstate) if draft_ids else None
                 record(name, rapid_generate(target, drafter, tok, ids, config=cfg))
@@ -683,7 +689,8 @@ def pool(names: list[str], gamma: int, *, distinct: bool = False,
     for length, per in out.items():  # answer quality: paired F1 differences with a bootstrap 95% interval
         rs = [r for r in rows if str(r["length"]) == length]
         for m in per:
-            bases = ("target", "rag_only", *([m.removesuffix("_consensus")] if m.endswith("_consensus") else []))
+            twin = m.removesuffix("_residual").removesuffix("_consensus")  # the same eta and tail, as published
+            bases = ("target", "rag_only", *([twin] if twin != m else []))
             per[m]["f1_diff"] = {b: f1_difference(rs, m, b) for b in bases if b != m}
         exam = [r for r in rs if r.get("source", "").removeprefix("leval_") in EXAM_TASKS]
         if exam:

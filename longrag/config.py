@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     rapid_temperature: float = 0.0  # 0 = greedy
     rapid_tail: float = 0.1  # eta's shift skips tokens whose target probability is under tail * max (paper: 0.1)
     rapid_consensus: bool = False  # a draft token the plain target accepts is kept at any eta (no effect at eta 0)
+    # greedy, eta > 0: a rejected draft token is replaced by the argmax of the rejection residual
+    # max(p - p_hat, p - q, 0), not of p_hat (no third token only the shift ranks first; docs/rapid.md)
+    rapid_residual: bool = False
     rapid_chunk_tokens: int = 512  # drafter retrieval unit, decoder tokens, no overlap
     rapid_budget_tokens: int = 1024  # drafter context = max(this, s / 24) tokens (paper: 4096 at 128K)
     rapid_threshold: float = 0.3  # chunks whose dense cosine is under this are dropped (the retriever orders the rest)

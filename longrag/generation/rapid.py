@@ -709,6 +709,12 @@ def verify(
             ``eta * (q - p)`` lowers a token that both models rank first whenever the target is
             surer of it than the drafter, and a large ``eta`` can then emit a token neither model
             prefers. ``eta = 0`` is unchanged either way.
+        residual: greedy only: a rejected draft token is replaced by the argmax of the rejection
+            residual ``max(p - p_hat, p - q, 0)`` that sampling draws from (a token the target
+            rates above the drafter or above ``p_hat``), not by the argmax of ``p_hat``. The
+            output is then the drafter's token where the shift lifts it to the top and a
+            target-favoured token elsewhere, never a third token that only ``eta * (q - p)``
+            ranks first. ``eta = 0`` (lossless: the target's argmax) is unchanged.
     """
     k = len(draft)
     if q is None:
@@ -721,6 +727,9 @@ def verify(
             best = int(torch.argmax(adj).item())
             if best == x or (consensus and x == int(torch.argmax(p).item())):
                 continue
+            if residual and eta != 0:
+                resid = torch.clamp(torch.maximum(p - torch.softmax(adj, dim=-1), p - qi), min=0.0)
+                best = int(torch.argmax(resid if float(resid.sum()) > 0 else p).item())
             return Verdict(i, best)
         p_hat = torch.softmax(adj, dim=-1) if eta != 0 else p
         qx = float(qi[x])
@@ -756,6 +765,8 @@ class RapidConfig:
         tail: tokens with target probability under ``tail * max`` keep the plain target logit.
         consensus: a draft token the plain target would accept is accepted at any ``eta``
             (see :func:`verify`).
+        residual: greedy rejections emit the argmax of the rejection residual, not of ``p_hat``
+            (see :func:`verify`).
         max_new_tokens: answer length cap.
         seed: sampling seed.
     """
@@ -765,6 +776,7 @@ class RapidConfig:
     temperature: float = 0.0
     tail: float = 0.1
     consensus: bool = False
+    residual: bool = False
     max_new_tokens: int = 48
     seed: int = 0
 
@@ -957,7 +969,8 @@ def rapid_generate(
         logits = target.advance(prompt + out, extra=draft.tokens, keep=k + 1)
         res["target_calls"] += 1
         verdict = verify(draft.tokens, draft.probs, logits, eta=config.eta, temperature=config.temperature,
-                         tail=config.tail, consensus=config.consensus, generator=gen)
+                         tail=config.tail, consensus=config.consensus, residual=config.residual,
+                         generator=gen)
         tend = time.perf_counter()
         res["verify_ms"] += (tend - tv) * 1000
         if hasattr(drafter, "observe"):

@@ -192,6 +192,27 @@ def test_consensus_keeps_a_token_both_models_rank_first():
     assert accepted(False) < 20
 
 
+def test_residual_replacement_emits_a_target_favoured_token():
+    # the consensus case: both rank token 0 first, eta * (q - p) lifts token 1 to the top of p_hat
+    z = torch.log(torch.tensor([[0.9, 0.01, 0.09], [0.2, 0.5, 0.3]]))
+    q = torch.tensor([[0.6, 0.3, 0.1]])
+    assert verify([0], q, z, eta=20.0, temperature=0.0, tail=0.0) == Verdict(0, 1)  # argmax p_hat
+    assert verify([0], q, z, eta=20.0, temperature=0.0, tail=0.0, residual=True) == Verdict(0, 0)
+    # a token the shift lifts to the top is still accepted; a bonus token is unchanged
+    q1 = torch.tensor([[0.2, 0.7, 0.1]])
+    assert verify([1], q1, z, eta=20.0, temperature=0.0, tail=0.0, residual=True) == Verdict(1, 1)
+    # a third token neither model ranks first: target 0, drafter 1, p_hat's argmax 2
+    z3 = torch.log(torch.tensor([[0.6, 1e-6, 0.4], [0.2, 0.5, 0.3]]))
+    q3 = torch.tensor([[0.05, 0.5, 0.45]])
+    assert verify([1], q3, z3, eta=20.0, temperature=0.0, tail=0.0) == Verdict(0, 2)
+    assert verify([1], q3, z3, eta=20.0, temperature=0.0, tail=0.0, residual=True) == Verdict(0, 0)
+    # eta 0 stays lossless: the target's argmax, not the argmax of p - q
+    z0 = torch.log(torch.tensor([[0.5, 0.1, 0.4], [0.2, 0.5, 0.3]]))
+    q0 = torch.tensor([[0.6, 0.4, 0.0]])
+    assert verify([1], q0, z0, eta=0.0, temperature=0.0, residual=True) == Verdict(0, 0)
+    assert verify([1], q0, z0, eta=0.0, temperature=0.0) == Verdict(0, 0)
+
+
 def _simulate_two_tokens(zs, qs, *, eta: float, gamma: int, gen: torch.Generator) -> tuple[int, int]:
     """Run speculative rounds on a context-free synthetic model until 2 tokens are out."""
     out: list[int] = []
@@ -531,7 +552,8 @@ def test_rapid_mode_empty_retrieval_and_bad_options(tiny_decoder_dir):
                             options={"threshold": 2.0}))
     assert ans.stats["fallback_target_only"] and ans.stats["drafted"] == 0 and ans.stats["drafter"] is None
     for bad in ({"gamma": 0}, {"eta": -1}, {"drafter": "oracle"}, {"gamma": "many"}, {"drafter_weights": "int2"},
-                {"tail": 1.5}, {"tail": -0.1}, {"tail": "thin"}, {"consensus": "yes"}, {"consensus": 1}):
+                {"tail": 1.5}, {"tail": -0.1}, {"tail": "thin"}, {"consensus": "yes"}, {"consensus": 1},
+                {"residual": "no"}, {"residual": 0}):
         with pytest.raises(InvalidRequestError):
             pipe.ask(Question("Who was the Norman leader?", mode="rapid", options=bad))
     with pytest.raises(InvalidRequestError, match="kv"):
@@ -546,16 +568,17 @@ def test_rapid_mode_empty_retrieval_and_bad_options(tiny_decoder_dir):
             _pipe(tiny_decoder_dir, **bad).ask(Question("Who was the Norman leader?", mode="rapid", max_new_tokens=4))
 
 
-def test_rapid_mode_consensus_option(tiny_decoder_dir):
+@pytest.mark.parametrize("flag", ["consensus", "residual"])
+def test_rapid_mode_bool_options(tiny_decoder_dir, flag):
     pipe = _pipe(tiny_decoder_dir)
     def ask(**options):
         return pipe.ask(Question("Who was the Norman leader?", mode="rapid", max_new_tokens=8,
                                  options={"threshold": 0.0, "drafter": "llm", **options}))
-    plain, agreed = ask(), ask(consensus=True)
-    assert plain.stats["consensus"] is False and agreed.stats["consensus"] is True
-    assert agreed.answer == plain.answer  # eta 0: lossless with or without it
-    assert _pipe(tiny_decoder_dir, rapid_consensus=True).ask(
-        Question("Who was the Norman leader?", mode="rapid", max_new_tokens=4)).stats["consensus"] is True
+    plain, flagged = ask(), ask(**{flag: True})
+    assert plain.stats[flag] is False and flagged.stats[flag] is True
+    assert flagged.answer == plain.answer  # eta 0: lossless with or without it
+    assert _pipe(tiny_decoder_dir, **{f"rapid_{flag}": True}).ask(
+        Question("Who was the Norman leader?", mode="rapid", max_new_tokens=4)).stats[flag] is True
 
 
 def test_rapid_mode_reads_exactly_its_registered_options(tiny_decoder_dir):

@@ -7,7 +7,7 @@ window that retrieval ranks best (budget ``max(budget, s / 24)``), in document o
 drafter proposes up to ``gamma`` tokens, the target verifies them in one pass.
 
 Options (``Question.options``, else settings ``LONGRAG_RAPID_*``): ``gamma``, ``eta``, ``tail``,
-``consensus`` (true / false), ``temperature``, ``drafter`` (``llm`` | ``hybrid`` | ``ngram``), ``budget_tokens``,
+``consensus`` and ``residual`` (true / false), ``temperature``, ``drafter`` (``llm`` | ``hybrid`` | ``ngram``), ``budget_tokens``,
 ``threshold``, ``min_confidence``, ``drafter_weights`` (``fp16`` | ``bf16`` | ``fp32``: the
 drafter's one-token steps on half-precision linear weights, generation/precision.py).
 
@@ -124,7 +124,7 @@ def _window(pipe: QAPipeline, q: Question, text: str, anchor_char: int) -> tuple
     return offsets[first][0], offsets[first + budget - 1][1], budget, len(offsets)
 
 
-@register_mode("rapid", options=("gamma", "eta", "tail", "consensus", "temperature", "drafter", "drafter_weights",
+@register_mode("rapid", options=("gamma", "eta", "tail", "consensus", "residual", "temperature", "drafter", "drafter_weights",
                                "budget_tokens", "threshold", "min_confidence"))
 def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -> Answer:
     """Long-context target + retrieval-context drafter, speculative decoding."""
@@ -145,6 +145,7 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
             temperature=q.option("temperature", s.rapid_temperature, float),
             tail=q.option("tail", s.rapid_tail, float),
             consensus=q.option("consensus", s.rapid_consensus, bool),
+            residual=q.option("residual", s.rapid_residual, bool),
             max_new_tokens=q.max_new_tokens or s.max_new_tokens,
         )
     except ValueError as exc:
@@ -255,6 +256,7 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
         "eta": config.eta,
         "tail": config.tail,
         "consensus": config.consensus,
+        "residual": config.residual,
         "temperature": config.temperature,
         "context_tokens": window_tokens,
         "document_tokens": doc_tokens,
