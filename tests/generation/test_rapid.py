@@ -523,6 +523,7 @@ def test_rapid_mode_answers_with_stats_evidence_and_streaming(tiny_decoder_dir):
     budget = ans.stats["drafter_budget_tokens"]
     assert budget == max(64, -(-ans.stats["context_tokens"] // 24))
     assert 0 < ans.stats["drafter_context_tokens"] <= budget < ans.stats["context_tokens"]
+    assert -1 <= ans.stats["drafter_top_relevance"] <= 1  # a dense cosine, over the threshold (0 here)
     assert ans.evidence and all(DOC[e.start : e.end] == e.text for e in ans.evidence)
     assert set(ans.timings) == {"retrieval_ms", "ttft_ms", "total_ms", "tokens_per_s"}
     json.dumps(ans.to_dict())
@@ -551,6 +552,7 @@ def test_rapid_mode_empty_retrieval_and_bad_options(tiny_decoder_dir):
     ans = pipe.ask(Question("Who was the Norman leader?", mode="rapid", max_new_tokens=6,
                             options={"threshold": 2.0}))
     assert ans.stats["fallback_target_only"] and ans.stats["drafted"] == 0 and ans.stats["drafter"] is None
+    assert ans.stats["drafter_top_relevance"] is None
     for bad in ({"gamma": 0}, {"eta": -1}, {"drafter": "oracle"}, {"gamma": "many"}, {"drafter_weights": "int2"},
                 {"tail": 1.5}, {"tail": -0.1}, {"tail": "thin"}, {"consensus": "yes"}, {"consensus": 1},
                 {"residual": "no"}, {"residual": 0}):

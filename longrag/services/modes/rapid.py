@@ -265,6 +265,7 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
         "drafter_context_tokens": retrieved.tokens,
         "drafter_budget_tokens": retrieved.budget_tokens,
         "drafter_chunks": [[c.start + start, c.end + start] for c in retrieved.chunks],
+        "drafter_top_relevance": retrieved.top_relevance,  # the best kept chunk's dense cosine (threshold scale)
         "prompt_tokens": gen.prompt_tokens,
         "drafter_prompt_tokens": len(draft_ids),
         "generated_tokens": len(gen.token_ids),
