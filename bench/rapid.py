@@ -321,6 +321,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="rapid")
     args = ap.parse_args()
+    if any(e <= 0 for e in args.etas):  # eta 0 always runs as rapid_eta0; a second one would share its name
+        ap.error(f"--etas takes values above 0 (eta 0 always runs as rapid_eta0), got {args.etas}")
     if args.pool:
         write_result(args.out, pool(args.pool, args.gamma, distinct=args.distinct, exclude=args.exclude))
         return
