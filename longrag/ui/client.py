@@ -309,15 +309,17 @@ class LongragClient:
 
     def modes(self) -> list[str]:
         """The answer modes the API offers (``GET /v1/modes``); empty when it does not say."""
-        body = self._modes_body()
-        rows = body.get("modes", []) if isinstance(body, dict) else body or []
-        return [str(m.get("name", m)) if isinstance(m, dict) else str(m) for m in rows]
+        return list(self.mode_options())
 
     def mode_options(self) -> dict[str, list[str]]:
-        """The ``options`` keys each mode reads (``GET /v1/modes``); empty when the API does not say."""
+        """Each mode the API offers with the ``options`` keys it reads (``GET /v1/modes``, one
+        request); a mode's keys are empty where the API does not list them (older APIs)."""
         body = self._modes_body()
+        rows = body.get("modes", []) if isinstance(body, dict) else body or []
         found = body.get("options") if isinstance(body, dict) else None
-        return {str(m): [str(k) for k in keys] for m, keys in found.items()} if isinstance(found, dict) else {}
+        keys = found if isinstance(found, dict) else {}
+        names = [str(m.get("name", m)) if isinstance(m, dict) else str(m) for m in rows]
+        return {n: [str(k) for k in keys.get(n) or []] for n in names}
 
     # -- questions --------------------------------------------------------------------------------
     @staticmethod

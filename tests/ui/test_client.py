@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 from longrag.ui.client import RESET, APIError, Job, LongragClient, QueryResult
@@ -66,3 +67,22 @@ def test_errors_come_back_as_api_errors_with_status_and_code(api: LongragClient)
     with pytest.raises(APIError) as stream_missing:
         list(api.stream_query("Who?", doc_ids=["does-not-exist"]))
     assert stream_missing.value.status == 404
+
+
+@pytest.mark.parametrize("status, body, expected", [
+    (200, {"modes": ["plain", "rapid"], "options": {"rapid": ["eta"]}}, {"plain": [], "rapid": ["eta"]}),
+    (200, ["plain", "full"], {"plain": [], "full": []}),  # an older API: names only
+    (404, {"detail": "Not Found"}, {}),  # older still: no such route
+])
+def test_mode_options_reads_each_api_shape_in_one_request(status, body, expected) -> None:
+    # the shapes earlier API versions answered with (a stand-in server: those versions are gone)
+    calls: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(status, json=body)
+
+    api = LongragClient("http://old-api", http=httpx.Client(base_url="http://old-api",
+                                                            transport=httpx.MockTransport(answer)))
+    assert api.mode_options() == expected and calls == ["/v1/modes"]
+    assert api.modes() == list(expected)

@@ -15,8 +15,8 @@ from longrag.ui.highlight import window_html
 def _modes() -> tuple[list[str], dict[str, list[str]]]:
     """The modes the API offers and the option keys each one reads."""
     try:
-        options = client().mode_options()
-        return (list(options) or client().modes() or DEFAULT_MODES), options
+        options = client().mode_options()  # one GET /v1/modes: the names and their option keys
+        return (list(options) or DEFAULT_MODES), options
     except APIError:
         return DEFAULT_MODES, {}
 
