@@ -71,9 +71,11 @@ def test_ask_page_shows_answer_marked_evidence_and_timings(
     assert not at.error, _texts(at, "error")
     metrics = {m.label: m.value for m in at.metric}
     assert set(metrics) == {"Retrieval", "First token", "Total", "Speed"}
+    result = at.session_state["last_answer"]["result"]
+    tps = result.timings["tokens_per_s"]  # none after a one-token answer: a dash, not "0.0 tok/s"
+    assert metrics["Speed"] == (f"{tps:.1f} tok/s" if tps > 0 else "–")
     marked = [h.proto.body for h in at.html if "<mark" in h.proto.body]
     assert marked
-    result = at.session_state["last_answer"]["result"]
     for ev in result.evidence:
         assert ev.doc_id == doc_id and text[ev.start:ev.end] == ev.text
         assert any(f'data-start="{ev.start}" data-end="{ev.end}"' in m for m in marked)
@@ -143,3 +145,18 @@ def test_ask_page_sends_mode_options_and_reports_bad_ones(
     assert not at.error, _texts(at, "error")
     stats = at.session_state["last_answer"]["result"].stats
     assert (stats["drafter"], stats["eta"], stats["tail"]) == ("llm", 2.0, 0.0)
+
+
+def _show_timings(tokens_per_s: float) -> None:  # runs inside AppTest: imports are its own
+    from longrag.ui.client import QueryResult
+    from longrag.ui.views.ask import _timings
+
+    _timings(QueryResult("Seven", [], {"retrieval_ms": 62.0, "ttft_ms": 3024.0, "total_ms": 3100.0,
+                                       "tokens_per_s": tokens_per_s}, {}, "plain"))
+
+
+@pytest.mark.parametrize("tps, shown", [(7.25, "7.2 tok/s"), (0.0, "–")])
+def test_speed_metric_is_a_dash_when_there_was_no_decode_step(tps: float, shown: str) -> None:
+    at = AppTest.from_function(_show_timings, args=(tps,)).run()
+    assert not at.exception
+    assert {m.label: m.value for m in at.metric}["Speed"] == shown

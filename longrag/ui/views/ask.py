@@ -51,7 +51,8 @@ def _timings(result: QueryResult) -> None:
     cols[0].metric("Retrieval", f"{t.get('retrieval_ms', 0):.0f} ms")
     cols[1].metric("First token", f"{t.get('ttft_ms', 0):.0f} ms")
     cols[2].metric("Total", f"{t.get('total_ms', 0):.0f} ms")
-    cols[3].metric("Speed", f"{t.get('tokens_per_s', 0):.1f} tok/s")
+    tps = t.get("tokens_per_s") or 0  # decode speed after the first token: none for a one-token answer or CFIC
+    cols[3].metric("Speed", f"{tps:.1f} tok/s" if tps > 0 else "–", help="decode tokens per second after the first")
 
 
 def _evidence(result: QueryResult, titles: dict[str, str], radius: int) -> None:
