@@ -675,6 +675,14 @@ def _one_hot(tok: int, like: torch.Tensor) -> torch.Tensor:
     return q
 
 
+def rejection_residual(p: torch.Tensor, p_hat: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Where a rejected draft token's replacement comes from: ``norm(max(p - p_hat, p - q, 0))``
+    (``p`` itself when that is all zero)."""
+    resid = torch.clamp(torch.maximum(p - p_hat, p - q), min=0.0)
+    total = float(resid.sum())
+    return resid / total if total > 0 else p
+
+
 @dataclass
 class Verdict:
     accepted: int
@@ -728,8 +736,7 @@ def verify(
             if best == x or (consensus and x == int(torch.argmax(p).item())):
                 continue
             if residual and eta != 0:
-                resid = torch.clamp(torch.maximum(p - torch.softmax(adj, dim=-1), p - qi), min=0.0)
-                best = int(torch.argmax(resid if float(resid.sum()) > 0 else p).item())
+                best = int(torch.argmax(rejection_residual(p, torch.softmax(adj, dim=-1), qi)).item())
             return Verdict(i, best)
         p_hat = torch.softmax(adj, dim=-1) if eta != 0 else p
         qx = float(qi[x])
@@ -738,9 +745,7 @@ def verify(
         u = float(torch.rand((), generator=generator))
         if u < min(1.0, ratio):
             continue
-        resid = torch.clamp(torch.maximum(p - p_hat, p - qi), min=0.0)
-        total = float(resid.sum())
-        dist = resid / total if total > 0 else p
+        dist = rejection_residual(p, p_hat, qi)
         return Verdict(i, int(torch.multinomial(dist, 1, generator=generator).item()))
     z = target_logits[k].float()
     if temperature <= 0:
