@@ -17,6 +17,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Document QA 
 log = logging.getLogger("longrag.cli")
 
 
+NOT_ANSWERED = "(the documents do not answer this question)"
+
+
 def _fail(exc: LongragError) -> None:
     typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(code=2)
@@ -177,9 +180,9 @@ def ask(
         typer.echo(json.dumps(answer.to_dict(), ensure_ascii=False))
         return
     if on_token is None:
-        typer.echo(answer.answer)
+        typer.echo(answer.answer if answer.answerable else NOT_ANSWERED)
     else:
-        typer.echo("")
+        typer.echo("" if answer.answerable else f"\n{NOT_ANSWERED}")
     for ev in answer.evidence:
         typer.echo(f"  [{ev.doc_id} {ev.start}:{ev.end}] {ev.text[:200]!r}")
     t = answer.timings

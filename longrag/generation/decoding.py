@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -39,6 +39,7 @@ class GenerationResult:
     ttft_ms: float
     total_ms: float
     tokens_per_s: float
+    rejected: tuple[str, ...] = ()  # earlier answers ``generate(accept=...)`` turned down
 
 
 @torch.inference_mode()
@@ -131,16 +132,37 @@ def generate(
     temperature: float = 0.0,
     on_token: TokenCallback | None = None,
     seed: int = 0,
+    accept: Callable[[str], bool] | None = None,
+    max_tries: int = 3,
 ) -> GenerationResult:
-    """Generate up to ``max_new_tokens`` after ``input_ids``; greedy when temperature is 0."""
+    """Generate up to ``max_new_tokens`` after ``input_ids``; greedy when temperature is 0.
+
+    ``accept`` verifies an answer: one it turns down is decoded again from the same prompt cache
+    (cropped back, no second prefill) with the first tokens of every rejected answer excluded,
+    up to ``max_tries`` answers in all; the last one is returned whatever ``accept`` says.
+    """
     device = next(model.parameters()).device
     ids = torch.tensor([list(input_ids)], dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
     cache = new_cache()
     t0 = time.perf_counter()
     logits = prefill(model, ids, cache)
-    return decode_loop(
-        logits, lambda token: decode_one(model, token, cache), tokenizer,
-        prompt_tokens=ids.shape[1], t0=t0, max_new_tokens=max_new_tokens,
-        temperature=temperature, generator=generator, on_token=on_token,
-    )
+    banned: list[int] = []
+    rejected: list[str] = []
+    while True:
+        first = logits
+        if banned:
+            first = logits.clone()
+            first[..., banned] = float("-inf")
+        res = decode_loop(
+            first, lambda token: decode_one(model, token, cache), tokenizer,
+            prompt_tokens=ids.shape[1], t0=t0, max_new_tokens=max_new_tokens,
+            temperature=temperature, generator=generator, on_token=on_token,
+        )
+        if accept is None or not res.token_ids or len(rejected) + 1 >= max_tries or accept(res.text):
+            return replace(res, rejected=tuple(rejected))
+        rejected.append(res.text)
+        banned.append(res.token_ids[0])
+        extra = cache.get_seq_length() - ids.shape[1]
+        if extra > 0:
+            cache.crop(-extra)  # back to the prompt (a negative crop removes that many tokens)

@@ -38,10 +38,12 @@ class Answer:
     timings: dict[str, float]
     stats: dict[str, Any] = field(default_factory=dict)
     mode: str = "plain"
+    answerable: bool = True  # False: the documents do not answer the question (``answer`` is "")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "answer": self.answer,
+            "answerable": self.answerable,
             "evidence": [asdict(e) for e in self.evidence],
             "timings": self.timings,
             "stats": self.stats,
@@ -108,10 +110,94 @@ def check_mode(mode: str, options: dict[str, Any] | None) -> None:
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+NOT_FOUND = "unknown"
+"""What the prompt tells the decoder to reply when the context does not hold the answer."""
 
 
 def _norm_words(text: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(text)]
+
+
+def is_not_found(answer: str) -> bool:
+    """The decoder's reply says the context does not answer (empty, or the prompt's not-found word)."""
+    words = _norm_words(answer)
+    return not words or words[0] == NOT_FOUND
+
+
+def is_grounded(answer: str, evidence: Sequence[Evidence]) -> bool:
+    """The answer's words occur, in order and whole, in a cited span."""
+    words = _norm_words(answer)
+    if not words:
+        return False
+    needle = f" {' '.join(words)} "
+    return any(needle in f" {' '.join(_norm_words(e.text))} " for e in evidence)
+
+
+_TITLES = frozenset({"mr", "mrs", "miss", "ms", "dr", "sir", "lady", "lord", "st", "s"})
+
+
+def _content_terms(text: str) -> list[str]:
+    from longrag.retrieval.bm25 import tokenize
+
+    return [t for t in tokenize(text) if t not in _TITLES]
+
+
+def echoes_question(answer: str, question: str) -> bool:
+    """The answer only repeats the question's own words ("Whom does Irene Adler marry?" ->
+    "Irene Adler"); a choice question ("... A or B?") may be answered with its own words."""
+    if re.search(r"\bor\b", question, re.I):
+        return False
+    terms = _content_terms(answer)
+    return bool(terms) and set(terms) <= set(_content_terms(question))
+
+
+class EchoGuard:
+    """Answer verification while streaming: a decoded answer that echoes the question is turned
+    down (``accept``) and decoded again; tokens are held back until the answer so far holds a
+    whole word the question does not, so a rejected answer never reaches the stream."""
+
+    def __init__(self, question: str, on_token: TokenCallback | None) -> None:
+        self.question, self.sink = question, on_token
+        self.held = ""
+        self.open = False
+
+    def on_token(self, piece: str) -> None:
+        if self.open:
+            self._emit(piece)
+            return
+        self.held += piece
+        whole = re.sub(r"\w+$", "", self.held)  # the last word may still grow
+        if _content_terms(whole) and not echoes_question(whole, self.question):
+            self.open = True
+            self._emit(self.held)
+
+    def accept(self, answer: str) -> bool:
+        if echoes_question(answer, self.question):
+            self.held, self.open = "", False
+            return False
+        return True
+
+    def finish(self) -> None:
+        """Release what is still held (the accepted answer, or the last try)."""
+        if not self.open and self.held:
+            self._emit(self.held)
+        self.held, self.open = "", True
+
+    def _emit(self, piece: str) -> None:
+        if self.sink is not None:
+            self.sink(piece)
+
+
+def judge(answer: Answer) -> Answer:
+    """Mark an answer as the documents' (``stats.grounded``: its words occur in a cited span) or
+    as not found (``answerable`` false, ``answer`` "", no evidence)."""
+    answer.stats["grounded"] = is_grounded(answer.answer, answer.evidence)
+    if is_not_found(answer.answer):
+        answer.answerable = False
+        answer.stats["decoder_answer"] = answer.answer
+        answer.answer = ""
+        answer.evidence = []
+    return answer
 
 
 def ground(
@@ -127,7 +213,7 @@ def ground(
     words = _norm_words(answer)
     asked = {w for w in _norm_words(question) if len(w) > 2}
     scored: list[tuple[int, int, Evidence]] = []
-    if words and answer.strip().lower() != "unknown":
+    if words and not is_not_found(answer):
         needle = f" {' '.join(words)} "
         for rank, hit in enumerate(hits):
             text = corpus.text(hit.doc_id)
@@ -171,7 +257,7 @@ class QAPipeline:
         question.doc_ids = self.corpus.check_docs(question.doc_ids)
         if not self.corpus.list():
             raise InvalidRequestError("no documents are ingested yet")
-        return MODES[question.mode](self, question, on_token)
+        return judge(MODES[question.mode](self, question, on_token))
 
     # -- shared steps used by the modes ---------------------------------------------------------
     def retrieve(self, question: Question) -> tuple[list[Hit], float]:
@@ -183,8 +269,19 @@ class QAPipeline:
     def answer_from_context(
         self, question: Question, context: str, on_token: TokenCallback | None
     ):
+        import os
+
         dec = self.decoder
         ids = encode_chat(dec.tokenizer, answer_messages(question.text, context))
+        if os.environ.get("LONGRAG_ECHO_GUARD", "0") == "1":
+            guard = EchoGuard(question.text, on_token)
+            gen = generate(
+                dec.model, dec.tokenizer, ids,
+                max_new_tokens=question.max_new_tokens or self.settings.max_new_tokens, on_token=guard.on_token,
+                accept=guard.accept,
+            )
+            guard.finish()
+            return gen
         return generate(
             dec.model, dec.tokenizer, ids,
             max_new_tokens=question.max_new_tokens or self.settings.max_new_tokens, on_token=on_token,
@@ -210,17 +307,55 @@ def _timings(retrieval_ms: float, gen, t0: float) -> dict[str, float]:
 @register_mode("plain")
 def plain_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -> Answer:
     """Retrieve the top chunks, put them (in document order) in the prompt, answer."""
+    import os
+
     t0 = time.perf_counter()
-    hits, r_ms = pipe.retrieve(q)
-    ordered = sorted(hits, key=lambda h: (h.doc_id, h.start))
-    gen = pipe.answer_from_context(q, context_block([h.text for h in ordered]), on_token)
+    hits, passages, r_ms = plain_context(pipe, q)
+    each = int(os.environ.get("LONGRAG_READ_EACH", "0"))
+    if each:
+        for i in range(0, min(len(passages), each * int(os.environ.get("LONGRAG_READ_GROUP", "1"))),
+                       int(os.environ.get("LONGRAG_READ_GROUP", "1"))):
+            group = passages[i : i + int(os.environ.get("LONGRAG_READ_GROUP", "1"))]
+            gen = pipe.answer_from_context(q, context_block([h.text for h in group]), None)
+            if not is_not_found(gen.text):
+                passages = group + [p for p in passages if p not in group]
+                break
+        if on_token:
+            on_token(gen.text)
+    else:
+        gen = pipe.answer_from_context(q, context_block([h.text for h in passages]), on_token)
     return Answer(
         gen.text,
-        ground(gen.text, hits, pipe.corpus, question=q.text),
+        ground(gen.text, passages, pipe.corpus, question=q.text),
         _timings(r_ms, gen, t0),
-        {"passages": len(hits), "prompt_tokens": gen.prompt_tokens, "generated_tokens": len(gen.token_ids)},
+        {"passages": len(passages), "prompt_tokens": gen.prompt_tokens, "generated_tokens": len(gen.token_ids),
+         "rejected_answers": list(gen.rejected)},
         "plain",
     )
+
+
+def plain_context(pipe: QAPipeline, q: Question) -> tuple[list[Hit], list[Hit], float]:
+    """(retrieved hits, the passages the prompt shows in its order, retrieval ms)."""
+    import os
+    from functools import cache
+
+    from longrag.retrieval.windows import WindowConfig, sentence_windows
+
+    unit = os.environ.get("LONGRAG_CONTEXT_UNIT", "chunk")
+    t0 = time.perf_counter()
+    if unit == "chunk":
+        hits, _ = pipe.retrieve(q)
+        return hits, sorted(hits, key=lambda h: (h.doc_id, h.start)), (time.perf_counter() - t0) * 1000
+    pool = int(os.environ.get("LONGRAG_WINDOW_POOL", "16"))
+    hits = pipe.corpus.search(q.text, k=pool, doc_ids=q.doc_ids, retriever=q.retriever, link_hop=q.link_hop)
+    cfg = WindowConfig(top=int(os.environ.get("LONGRAG_WINDOW_TOP", "8")),
+                       radius=int(os.environ.get("LONGRAG_WINDOW_RADIUS", "1")))
+    store = pipe.corpus.store
+    windows = sentence_windows(q.text, hits, sentences_of=cache(store.sentences), text_of=cache(pipe.corpus.text),
+                               encode=pipe.corpus.embedder.encode, config=cfg)
+    if unit == "window-docorder":
+        windows = sorted(windows, key=lambda h: (h.doc_id, h.start))
+    return hits, windows, (time.perf_counter() - t0) * 1000
 
 
 @register_mode("full")

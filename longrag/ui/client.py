@@ -110,6 +110,13 @@ class QueryResult:
     timings: dict[str, float]
     stats: dict[str, Any]
     mode: str
+    answerable: bool = True  # False: the documents do not answer the question
+
+    def shown(self) -> str:
+        """The answer as the UI shows it."""
+        if not self.answerable:
+            return "_The documents do not answer this question._"
+        return self.answer or "_(empty answer)_"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> QueryResult:
@@ -120,6 +127,7 @@ class QueryResult:
             timings={k: float(v) for k, v in (data.get("timings") or {}).items() if isinstance(v, (int, float))},
             stats=dict(data.get("stats") or {}),
             mode=str(data.get("mode", "")),
+            answerable=bool(data.get("answerable", True)),  # an older API has no such key
         )
 
 

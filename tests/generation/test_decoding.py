@@ -43,3 +43,23 @@ def test_sampling_is_repeatable_with_seed(tiny_decoder_dir):
     a = generate(model, tok, ids, max_new_tokens=6, temperature=1.0, seed=3)
     b = generate(model, tok, ids, max_new_tokens=6, temperature=1.0, seed=3)
     assert a.token_ids == b.token_ids
+
+
+def test_rejected_answer_is_decoded_again_without_its_first_token(tiny_decoder_dir):
+    """accept() turning an answer down re-decodes from the cropped prompt cache, and the result
+    equals a fresh greedy decode with that first token excluded."""
+    tok = AutoTokenizer.from_pretrained(tiny_decoder_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_decoder_dir).eval()
+    ids = encode_chat(tok, answer_messages("What is the capital?", "Paris is the capital of France."))
+    first = generate(model, tok, ids, max_new_tokens=6)
+    seen: list[str] = []
+    again = generate(model, tok, ids, max_new_tokens=6, accept=lambda t: bool(seen.append(t)) or len(seen) > 1)
+    assert seen[0] == first.text and again.rejected == (first.text,)
+    assert again.token_ids and again.token_ids[0] != first.token_ids[0]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1].clone()
+    logits[first.token_ids[0]] = float("-inf")
+    assert again.token_ids[0] == int(logits.argmax())
+    # the tries are capped: the last answer comes back whatever accept says
+    capped = generate(model, tok, ids, max_new_tokens=6, accept=lambda t: False, max_tries=3)
+    assert len(capped.rejected) == 2

@@ -212,3 +212,20 @@ def test_query_past_its_timeout_is_a_clear_504(tmp_path: Path, tiny_decoder_dir:
         wait_job(client, client.post("/v1/documents", json={"text": DOC}).json()["job_id"])
         r = client.post("/v1/query", json={"question": "Who built it?", "max_new_tokens": 64})
         assert _err(r, 504)["code"] == "timeout"
+
+
+def test_question_about_a_document_still_being_ingested_is_a_clear_409(tmp_path: Path, tiny_decoder_dir: Path):
+    from longrag.services import jobs as J
+
+    settings = Settings(data_dir=tmp_path / "ingesting", decoder=str(tiny_decoder_dir), broker_url=None, api_key=None)
+    with serve(settings) as client:
+        doc_id, sha = J.doc_id_for(b"a document whose ingest has not finished")
+        # an ingest job the API accepted and a worker has not finished: nothing of it is indexed yet
+        job = J.get_jobs(settings).create("ingest", state=J.RUNNING, doc_id=doc_id, sha256=sha, n_bytes=10)
+        r = client.post("/v1/query", json={"question": "Who?", "doc_ids": [doc_id]})
+        assert r.status_code == 409, r.text
+        assert r.json()["error"]["code"] == "not_ready" and job.job_id in r.json()["error"]["message"]
+        # an id no job knows stays a 404
+        r = client.post("/v1/query", json={"question": "Who?", "doc_ids": ["0123456789abcdef"]})
+        assert r.status_code == 404
+        assert client.get("/v1/documents").json() == []

@@ -31,6 +31,9 @@ def test_modes_return_answer_exact_evidence_and_timings(pipe: QAPipeline, mode: 
     streamed: list[str] = []
     ans = pipe.ask(Question("Who was the Norman leader?", mode=mode, max_new_tokens=8), streamed.append)
     assert ans.mode == mode and isinstance(ans.answer, str)
+    if not ans.answerable:  # the random decoder may reply nothing: no answer, so no evidence
+        assert ans.answer == "" and ans.evidence == [] and "decoder_answer" in ans.stats
+        return
     assert "".join(streamed).strip() == ans.answer
     assert ans.evidence
     for ev in ans.evidence:
@@ -117,3 +120,17 @@ def test_grounding_prefers_the_sentence_that_matches_the_question(pipe: QAPipeli
     assert DOC[ev[0].start : ev[0].end] == ev[0].text
     fallback = ground("something absent", hits, pipe.corpus, question="x")
     assert [(e.start, e.end) for e in fallback] == [(h.start, h.end) for h in hits[:3]]
+
+
+def test_judge_marks_not_found_answers_unanswerable():
+    from longrag.services.qa import Answer, Evidence, judge
+
+    ev = [Evidence("d", 0, 20, "Rollo led the Normans")]
+    out = judge(Answer("Unknown.", list(ev), {}, {}))
+    assert out.answerable is False and out.answer == "" and out.evidence == []
+    assert out.stats["decoder_answer"] == "Unknown." and out.to_dict()["answerable"] is False
+    found = judge(Answer("Rollo", list(ev), {}, {}))
+    assert found.answerable is True and found.stats["grounded"] is True and found.evidence == ev
+    assert judge(Answer("Charlemagne", list(ev), {}, {})).stats["grounded"] is False
+    # "unknown" inside an answer is not a refusal
+    assert judge(Answer("the unknown soldier", list(ev), {}, {})).answerable is True

@@ -34,7 +34,7 @@ def _stream_answer(question: str, doc_ids: list[str], mode: str, options: dict[s
     box.markdown("_waiting for the first token…_")
     for item in client().stream_query(question, doc_ids=doc_ids or None, mode=mode, options=options):
         if isinstance(item, QueryResult):
-            box.markdown(item.answer or "_(empty answer)_")
+            box.markdown(item.shown())
             return item
         if item is RESET:
             shown = ""
@@ -127,7 +127,7 @@ if asked:
                 with st.spinner("Thinking…"):
                     result = client().query(question, doc_ids=chosen or None, mode=mode, options=options)
                 with st.container(border=True):
-                    st.markdown(result.answer or "_(empty answer)_")
+                    st.markdown(result.shown())
         except APIError as exc:
             show_error(exc)
         else:
@@ -138,5 +138,5 @@ elif "last_answer" in st.session_state:
     st.markdown("#### Answer")
     st.caption(f"Question: {last['question']}")
     with st.container(border=True):
-        st.markdown(last["result"].answer or "_(empty answer)_")
+        st.markdown(last["result"].shown())
     _result(last["result"], titles, last["radius"])
