@@ -347,7 +347,7 @@ def build_sets(names: list[str], split: str, n_leval: int, n_squad: int, n_squad
 
 
 def run_set(qaset: QASet, systems: list[str], work: Path, decoder_name: str | None, overrides: dict,
-            tag: str, limit: int) -> dict:
+            tag: str, limit: int, summary_only: bool = False) -> dict:
     from longrag.models.registry import load_decoder
 
     ours = Longrag(qaset, work, decoder_name, overrides)
@@ -367,7 +367,7 @@ def run_set(qaset: QASet, systems: list[str], work: Path, decoder_name: str | No
     paths = {s: OUT / f"{qaset.name}-{qaset.scope}-{s}{tag}.jsonl" for s in systems}
     done = {s: _done(p) for s, p in paths.items()}
     items = qaset.items[:limit] if limit else qaset.items
-    for i, item in enumerate(items):
+    for i, item in enumerate([] if summary_only else items):
         for s in systems:  # interleaved: every system sees the same machine load
             if item.qid in done[s]:
                 continue
@@ -381,7 +381,7 @@ def run_set(qaset: QASet, systems: list[str], work: Path, decoder_name: str | No
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             done[s][item.qid] = row
         log.info("%s/%s: %d/%d", qaset.name, qaset.scope, i + 1, len(items))
-    by_qid = {it.qid: it for it in items}  # scored again here, so every row reads the current metric
+    by_qid = {it.qid: it for it in items if all(it.qid in done[s] for s in systems)}  # asked of every system  # scored again here, so every row reads the current metric
     rescored = {s: [{**r, **score(by_qid[q], r)} for q, r in done[s].items() if q in by_qid] for s in systems}
     return {
         "scope": qaset.scope, "documents": len(qaset.docs), "source": qaset.meta.get("source"),
@@ -416,6 +416,7 @@ def main() -> None:
     ap.add_argument("--decoder", default=None)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                     help="a longrag Settings override (variants); results get a tag")
+    ap.add_argument("--summary-only", action="store_true", help="summarise the answers so far without asking")
     ap.add_argument("--tag", default="", help="suffix of the result names")
     ap.add_argument("--work", type=Path, default=WORK / "books")
     args = ap.parse_args()
@@ -429,7 +430,7 @@ def main() -> None:
         if qaset.name == "books" and qaset.scope not in scopes:
             continue
         summary[f"{qaset.name}/{qaset.scope}"] = run_set(qaset, args.systems.split(","), args.work, args.decoder,
-                                                         overrides, tag, args.limit)
+                                                         overrides, tag, args.limit, args.summary_only)
         print(table({f"{qaset.name}/{qaset.scope}": summary[f"{qaset.name}/{qaset.scope}"]}), flush=True)
     from longrag.config import Settings
 

@@ -6,6 +6,8 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -38,7 +40,18 @@ class Settings(BaseSettings):
     chunk_tokens: int = 128  # target embedder tokens per sentence-aligned chunk
     max_sentence_chars: int = 1200  # longer "sentences" are split at whitespace
 
-    top_k: int = 4  # chunks retrieved for the plain mode
+    top_k: int = 4  # chunks retrieved for the plain mode with context_unit=chunk
+    # Plain mode context (docs/answers.md): window = sentence windows around the best sentences of the
+    # top window_pool chunks (measured better than whole chunks on bench/books.py) | chunk = top_k chunks
+    context_unit: Literal["window", "chunk"] = "window"
+    window_pool: int = 24
+    window_top: int = 12
+    window_radius: int = 1
+    # Answer checks (docs/answers.md): an answer that only repeats the question, or whose words are not in
+    # the context, is decoded again with its first token excluded, up to answer_tries answers
+    answer_checks: bool = True
+    answer_tries: int = 3
+    max_question_chars: int = 2000  # a longer question (a long quoted passage) is refused with a clear error
 
     # Retrieval (docs/situated.md): default retriever and situated-embedding options
     retriever: str = "hybrid"  # chunk | situated | bm25 | hybrid (best measured: bench/situated.py)

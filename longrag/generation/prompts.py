@@ -12,10 +12,6 @@ SYSTEM = (
 )
 
 
-import os
-
-STYLE = os.environ.get("LONGRAG_PROMPT_STYLE", "basic")
-
 EXAMPLE_CONTEXT = (
     "[1] The carriage stopped before Fernhill Lodge, which Mr. Harland had taken for the summer.\n\n"
     "[2] Mr. Harland's sister, Mrs. Oakes, had come down from Bath with her two daughters."
@@ -24,26 +20,22 @@ EXAMPLE = ("What house does Mr. Harland take for the summer?", "Fernhill Lodge")
 
 
 def context_block(passages: Sequence[str]) -> str:
+    """The passages, numbered ``[1]``, ``[2]``, ... as in the worked example."""
     kept = [p.strip() for p in passages if p.strip()]
-    if STYLE in ("numbered", "example", "example2"):
-        return "\n\n".join(f"[{i}] {p}" for i, p in enumerate(kept, 1))
-    return "\n\n".join(kept)
+    return "\n\n".join(f"[{i}] {p}" for i, p in enumerate(kept, 1))
 
 
 def _user(question: str, context: str) -> str:
-    if STYLE == "example2":
-        return f"Question: {question.strip()}\n\nContext:\n{context}\n\nQuestion: {question.strip()}\nAnswer:"
     return f"Context:\n{context}\n\nQuestion: {question.strip()}\nAnswer:"
 
 
 def answer_messages(question: str, context: str) -> list[dict[str, str]]:
-    shots: list[dict[str, str]] = []
-    if STYLE in ("example", "example2"):
-        shots = [{"role": "user", "content": _user(EXAMPLE[0], EXAMPLE_CONTEXT)},
-                 {"role": "assistant", "content": EXAMPLE[1]}]
+    """System instruction, one worked example (an invented passage: a short answer copied from
+    the context), then the question over its context."""
     return [
         {"role": "system", "content": SYSTEM},
-        *shots,
+        {"role": "user", "content": _user(EXAMPLE[0], EXAMPLE_CONTEXT)},
+        {"role": "assistant", "content": EXAMPLE[1]},
         {"role": "user", "content": _user(question, context)},
     ]
 

@@ -469,7 +469,7 @@ def _submit_ingest(st: Any, data: bytes, sha: str, doc_id: str, filename: str | 
 
 
 def _check_question(st: Any, payload: dict[str, Any]) -> None:
-    J.validate_question(payload)
+    J.validate_question(payload, st.settings)
     for d in payload.get("doc_ids") or []:
         if not st.corpus.store.exists(d):
             # a document is committed whole at the end of its ingest: until then it has no index

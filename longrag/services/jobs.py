@@ -635,12 +635,12 @@ def make_dispatcher(settings: Settings) -> LocalDispatcher | CeleryDispatcher:
     return LocalDispatcher(settings, threads=max(1, settings.local_threads))
 
 
-def validate_question(payload: dict[str, Any]) -> None:
-    """Checks an API can make without a model: text present, mode known, documents exist."""
+def validate_question(payload: dict[str, Any], settings: Settings | None = None) -> None:
+    """Checks an API can make without a model: text present and not too long, mode known."""
+    from longrag.config import get_settings
     from longrag.services import modes
-    from longrag.services.qa import check_mode
+    from longrag.services.qa import check_mode, check_question_text
 
-    if not str(payload.get("question") or "").strip():
-        raise InvalidRequestError("the question is empty")
+    check_question_text(str(payload.get("question") or ""), settings or get_settings())
     modes.load_all()
     check_mode(payload.get("mode") or "plain", payload.get("options"))

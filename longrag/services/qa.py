@@ -98,6 +98,17 @@ def register_mode(name: str, options: Iterable[str] = ()) -> Callable[[ModeFn], 
     return deco
 
 
+def check_question_text(text: str | None, settings: Settings) -> None:
+    """A clear error for an empty question or one longer than ``max_question_chars``."""
+    if not text or not text.strip():
+        raise InvalidRequestError("the question is empty")
+    if len(text) > settings.max_question_chars:
+        raise InvalidRequestError(
+            f"the question is {len(text)} characters; the limit is {settings.max_question_chars} "
+            "(quote less of the passage, or set LONGRAG_MAX_QUESTION_CHARS)"
+        )
+
+
 def check_mode(mode: str, options: dict[str, Any] | None) -> None:
     """A clear error for an unknown mode, or option keys the mode does not read (a typo would
     otherwise be ignored)."""
@@ -119,9 +130,9 @@ def _norm_words(text: str) -> list[str]:
 
 
 def is_not_found(answer: str) -> bool:
-    """The decoder's reply says the context does not answer (empty, or the prompt's not-found word)."""
+    """The decoder's reply says the context does not answer (it starts with the prompt's not-found word)."""
     words = _norm_words(answer)
-    return not words or words[0] == NOT_FOUND
+    return bool(words) and words[0] == NOT_FOUND
 
 
 def is_grounded(answer: str, evidence: Sequence[Evidence]) -> bool:
@@ -151,15 +162,18 @@ def echoes_question(answer: str, question: str) -> bool:
     return bool(terms) and set(terms) <= set(_content_terms(question))
 
 
-class EchoGuard:
-    """Answer verification while streaming: a decoded answer that echoes the question is turned
-    down (``accept``) and decoded again; tokens are held back until the answer so far holds a
-    whole word the question does not, so a rejected answer never reaches the stream."""
+class AnswerGuard:
+    """Answer verification while streaming: a decoded answer that only echoes the question, or
+    whose words do not occur in the context, is turned down (``accept``) and decoded again; tokens
+    are held back until the answer so far holds a whole word the question does not, so an echo
+    never reaches the stream."""
 
-    def __init__(self, question: str, on_token: TokenCallback | None) -> None:
+    def __init__(self, question: str, on_token: TokenCallback | None, context: str | None = None) -> None:
         self.question, self.sink = question, on_token
         self.held = ""
         self.open = False
+        self.context_terms = set(_content_terms(context)) if context else None
+        self.verified = True
 
     def on_token(self, piece: str) -> None:
         if self.open:
@@ -172,9 +186,13 @@ class EchoGuard:
             self._emit(self.held)
 
     def accept(self, answer: str) -> bool:
-        if echoes_question(answer, self.question):
+        ungrounded = (self.context_terms is not None and not is_not_found(answer)
+                      and not set(_content_terms(answer)) <= self.context_terms)
+        if echoes_question(answer, self.question) or ungrounded:
             self.held, self.open = "", False
+            self.verified = False
             return False
+        self.verified = True
         return True
 
     def finish(self) -> None:
@@ -251,8 +269,7 @@ class QAPipeline:
         return self._decoder
 
     def ask(self, question: Question, on_token: TokenCallback | None = None) -> Answer:
-        if not question.text or not question.text.strip():
-            raise InvalidRequestError("the question is empty")
+        check_question_text(question.text, self.settings)
         check_mode(question.mode, question.options)
         question.doc_ids = self.corpus.check_docs(question.doc_ids)
         if not self.corpus.list():
@@ -269,23 +286,16 @@ class QAPipeline:
     def answer_from_context(
         self, question: Question, context: str, on_token: TokenCallback | None
     ):
-        import os
-
         dec = self.decoder
         ids = encode_chat(dec.tokenizer, answer_messages(question.text, context))
-        if os.environ.get("LONGRAG_ECHO_GUARD", "0") == "1":
-            guard = EchoGuard(question.text, on_token)
-            gen = generate(
-                dec.model, dec.tokenizer, ids,
-                max_new_tokens=question.max_new_tokens or self.settings.max_new_tokens, on_token=guard.on_token,
-                accept=guard.accept,
-            )
-            guard.finish()
-            return gen
-        return generate(
-            dec.model, dec.tokenizer, ids,
-            max_new_tokens=question.max_new_tokens or self.settings.max_new_tokens, on_token=on_token,
-        )
+        max_new = question.max_new_tokens or self.settings.max_new_tokens
+        if not self.settings.answer_checks:
+            return generate(dec.model, dec.tokenizer, ids, max_new_tokens=max_new, on_token=on_token)
+        guard = AnswerGuard(question.text, on_token, context)
+        gen = generate(dec.model, dec.tokenizer, ids, max_new_tokens=max_new, on_token=guard.on_token,
+                       accept=guard.accept, max_tries=self.settings.answer_tries)
+        guard.finish()
+        return gen
 
     def context_budget(self, question: Question) -> int:
         dec = self.decoder
@@ -306,24 +316,10 @@ def _timings(retrieval_ms: float, gen, t0: float) -> dict[str, float]:
 
 @register_mode("plain")
 def plain_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -> Answer:
-    """Retrieve the top chunks, put them (in document order) in the prompt, answer."""
-    import os
-
+    """Retrieve, build the context (sentence windows or chunks), answer with the answer checks."""
     t0 = time.perf_counter()
     hits, passages, r_ms = plain_context(pipe, q)
-    each = int(os.environ.get("LONGRAG_READ_EACH", "0"))
-    if each:
-        for i in range(0, min(len(passages), each * int(os.environ.get("LONGRAG_READ_GROUP", "1"))),
-                       int(os.environ.get("LONGRAG_READ_GROUP", "1"))):
-            group = passages[i : i + int(os.environ.get("LONGRAG_READ_GROUP", "1"))]
-            gen = pipe.answer_from_context(q, context_block([h.text for h in group]), None)
-            if not is_not_found(gen.text):
-                passages = group + [p for p in passages if p not in group]
-                break
-        if on_token:
-            on_token(gen.text)
-    else:
-        gen = pipe.answer_from_context(q, context_block([h.text for h in passages]), on_token)
+    gen = pipe.answer_from_context(q, context_block([h.text for h in passages]), on_token)
     return Answer(
         gen.text,
         ground(gen.text, passages, pipe.corpus, question=q.text),
@@ -335,26 +331,26 @@ def plain_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
 
 
 def plain_context(pipe: QAPipeline, q: Question) -> tuple[list[Hit], list[Hit], float]:
-    """(retrieved hits, the passages the prompt shows in its order, retrieval ms)."""
-    import os
+    """(retrieved hits, the passages the prompt shows in its order, retrieval ms).
+
+    ``context_unit`` window: sentence windows (retrieval/windows.py) around the best sentences of
+    the top ``window_pool`` chunks, best first; chunk: the top ``k`` chunks in document order.
+    """
     from functools import cache
 
     from longrag.retrieval.windows import WindowConfig, sentence_windows
 
-    unit = os.environ.get("LONGRAG_CONTEXT_UNIT", "chunk")
+    s = pipe.settings
     t0 = time.perf_counter()
-    if unit == "chunk":
+    if s.context_unit == "chunk" or q.k is not None:  # an explicit k asks for k chunks
         hits, _ = pipe.retrieve(q)
         return hits, sorted(hits, key=lambda h: (h.doc_id, h.start)), (time.perf_counter() - t0) * 1000
-    pool = int(os.environ.get("LONGRAG_WINDOW_POOL", "16"))
-    hits = pipe.corpus.search(q.text, k=pool, doc_ids=q.doc_ids, retriever=q.retriever, link_hop=q.link_hop)
-    cfg = WindowConfig(top=int(os.environ.get("LONGRAG_WINDOW_TOP", "8")),
-                       radius=int(os.environ.get("LONGRAG_WINDOW_RADIUS", "1")))
-    store = pipe.corpus.store
-    windows = sentence_windows(q.text, hits, sentences_of=cache(store.sentences), text_of=cache(pipe.corpus.text),
-                               encode=pipe.corpus.embedder.encode, config=cfg)
-    if unit == "window-docorder":
-        windows = sorted(windows, key=lambda h: (h.doc_id, h.start))
+    hits = pipe.corpus.search(q.text, k=s.window_pool, doc_ids=q.doc_ids, retriever=q.retriever,
+                              link_hop=q.link_hop)
+    windows = sentence_windows(
+        q.text, hits, sentences_of=cache(pipe.corpus.store.sentences), text_of=cache(pipe.corpus.text),
+        encode=pipe.corpus.embedder.encode, config=WindowConfig(top=s.window_top, radius=s.window_radius),
+    )
     return hits, windows, (time.perf_counter() - t0) * 1000
 
 

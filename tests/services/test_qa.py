@@ -31,7 +31,7 @@ def test_modes_return_answer_exact_evidence_and_timings(pipe: QAPipeline, mode: 
     streamed: list[str] = []
     ans = pipe.ask(Question("Who was the Norman leader?", mode=mode, max_new_tokens=8), streamed.append)
     assert ans.mode == mode and isinstance(ans.answer, str)
-    if not ans.answerable:  # the random decoder may reply nothing: no answer, so no evidence
+    if not ans.answerable:  # a not-found reply: no answer, so no evidence
         assert ans.answer == "" and ans.evidence == [] and "decoder_answer" in ans.stats
         return
     assert "".join(streamed).strip() == ans.answer
@@ -134,3 +134,39 @@ def test_judge_marks_not_found_answers_unanswerable():
     assert judge(Answer("Charlemagne", list(ev), {}, {})).stats["grounded"] is False
     # "unknown" inside an answer is not a refusal
     assert judge(Answer("the unknown soldier", list(ev), {}, {})).answerable is True
+
+
+def test_long_one_word_and_other_language_questions(pipe: QAPipeline):
+    # a question quoting a passage longer than the limit: a clear error, nothing decoded
+    quote = "Rollo agreed to swear fealty to King Charles III. " * 60
+    with pytest.raises(InvalidRequestError, match="limit is 2000"):
+        pipe.ask(Question(f'In the passage "{quote}", who swore fealty?'))
+    # under the limit a quoted passage is a question like any other; so is one word, and a
+    # question in another language than the document (answered from what retrieval finds)
+    for text in ['In "Rollo agreed to swear fealty to King Charles III", who swore fealty?', "Rollo",
+                 "Qui était le chef des Normands ?"]:
+        ans = pipe.ask(Question(text, max_new_tokens=6))
+        assert isinstance(ans.answer, str) and isinstance(ans.answerable, bool)
+        for ev in ans.evidence:
+            assert DOC[ev.start : ev.end] == ev.text
+
+
+def test_answer_guard_turns_down_echoes_and_answers_not_in_the_context():
+    from longrag.services.qa import AnswerGuard, echoes_question
+
+    assert echoes_question("Irene Adler", "Whom does Irene Adler marry?")
+    assert not echoes_question("Mina Murray", "What was Mina Harker's maiden name?")
+    assert not echoes_question("Jo", "Which is older, Jo or Amy?")  # a choice question
+    streamed: list[str] = []
+    guard = AnswerGuard("Whom does Irene Adler marry?", streamed.append,
+                        context="Irene Adler married Godfrey Norton at the church of St. Monica.")
+    for piece in ["Ir", "ene", " Ad", "ler"]:
+        guard.on_token(piece)
+    assert not guard.accept("Irene Adler") and streamed == []  # the echo never reached the stream
+    assert not guard.accept("Fernhill Lodge")  # not in the context
+    for piece in ["God", "frey", " Norton"]:
+        guard.on_token(piece)
+    assert guard.accept("Godfrey Norton")
+    guard.finish()
+    assert "".join(streamed) == "Godfrey Norton"
+    assert guard.accept("unknown")  # a refusal is an answer the guard lets through
