@@ -22,6 +22,9 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LONGRAG_MODEL_CACHE", str(MODEL_CACHE))
     monkeypatch.delenv("LONGRAG_BROKER_URL", raising=False)
     monkeypatch.delenv("LONGRAG_API_KEY", raising=False)
+    # the tiny random decoder's replies would all be turned down by the answer checks (their own
+    # tests set them on); token-level contract tests need its replies as they are
+    monkeypatch.setenv("LONGRAG_ANSWER_CHECKS", "false")
     get_settings.cache_clear()
     yield d
     get_settings.cache_clear()

@@ -275,7 +275,7 @@ def test_qa_mode_cfic_returns_exact_evidence(tiny_decoder_dir):
     assert ans.stats["cfic_spans"] == len(ans.evidence) and ans.stats["extraction_ms"] >= 0
     assert ans.stats["cfic_candidates"] == len(corpus.store.sentences(doc_id))
     none = pipe.ask(Question("What is the capital of France?", mode="cfic", options={"no_evidence_threshold": 0.0}))
-    assert none.answer == "unknown" and none.evidence == [] and none.stats["cfic_no_evidence"]
+    assert none.answer == "" and not none.answerable and none.evidence == [] and none.stats["cfic_no_evidence"]
     # a question cannot point the server at a folder: adapters are env only, extractors registry names
     from longrag.errors import InvalidRequestError
 

@@ -180,6 +180,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, tiny_decoder
         "LONGRAG_MODEL_CACHE": str(MODEL_CACHE),
         "LONGRAG_BROKER_URL": redis_url,
         "LONGRAG_DECODER": str(tiny_decoder_dir),
+        "LONGRAG_ANSWER_CHECKS": "false",  # the random decoder's replies would be turned down
         "LONGRAG_TOP_K": "2",
         "LONGRAG_MAX_NEW_TOKENS": "8",
         "LONGRAG_QUERY_TIMEOUT_S": "150",
