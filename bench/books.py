@@ -187,10 +187,9 @@ class Longrag:
 
 
 def _decode(decoder, question: str, passages: list[str]) -> tuple[str, int]:
+    from longrag.config import get_settings
     from longrag.generation.decoding import generate
     from longrag.generation.prompts import answer_messages, context_block, encode_chat
-
-    from longrag.config import get_settings
 
     ids = encode_chat(decoder.tokenizer, answer_messages(question, context_block(passages)))
     gen = generate(decoder.model, decoder.tokenizer, ids, max_new_tokens=get_settings().max_new_tokens)
@@ -348,8 +347,6 @@ def build_sets(names: list[str], split: str, n_leval: int, n_squad: int, n_squad
 
 def run_set(qaset: QASet, systems: list[str], work: Path, decoder_name: str | None, overrides: dict,
             tag: str, limit: int, summary_only: bool = False) -> dict:
-    from longrag.models.registry import load_decoder
-
     ours = Longrag(qaset, work, decoder_name, overrides)
     decoder = ours.pipe.decoder
     runners: dict[str, Runner] = {}
@@ -362,7 +359,6 @@ def run_set(qaset: QASet, systems: list[str], work: Path, decoder_name: str | No
             runners[s] = Bm25Peer(ours, decoder)
         else:
             raise SystemExit(f"unknown system {s!r}")
-    del load_decoder
     OUT.mkdir(parents=True, exist_ok=True)
     paths = {s: OUT / f"{qaset.name}-{qaset.scope}-{s}{tag}.jsonl" for s in systems}
     done = {s: _done(p) for s, p in paths.items()}

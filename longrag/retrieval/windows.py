@@ -27,8 +27,8 @@ from longrag.retrieval.types import Hit, Sentence
 
 @dataclass(frozen=True, slots=True)
 class WindowConfig:
-    top: int = 8  # sentences kept (before widening)
-    radius: int = 1  # neighbours on each side of a kept sentence
+    top: int = 12  # sentences kept (before widening); Settings.window_top
+    radius: int = 1  # neighbours on each side of a kept sentence; Settings.window_radius
     rrf_k: int = 60
 
 
@@ -71,12 +71,10 @@ def sentence_windows(
             if last + 1 < len(sents) and "\n\n" not in text[sents[last].end : sents[last + 1].start]:
                 last += 1
         windows.append((doc, first, last, score))
-    merged: list[list] = []
-    for doc, first, last, score in windows:
-        for m in merged:
-            if m[0] == doc and first <= m[2] + 1 and last >= m[1] - 1:
-                m[1], m[2], m[3] = min(m[1], first), max(m[2], last), max(m[3], score)
-                break
+    merged: list[list] = []  # one sweep in document order: overlapping or adjacent windows join
+    for doc, first, last, score in sorted(windows):
+        if merged and merged[-1][0] == doc and first <= merged[-1][2] + 1:
+            merged[-1][2], merged[-1][3] = max(merged[-1][2], last), max(merged[-1][3], score)
         else:
             merged.append([doc, first, last, score])
     out = []

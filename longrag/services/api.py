@@ -473,7 +473,7 @@ def _check_question(st: Any, payload: dict[str, Any]) -> None:
     for d in payload.get("doc_ids") or []:
         if not st.corpus.store.exists(d):
             # a document is committed whole at the end of its ingest: until then it has no index
-            pending = [j for j in st.jobs.find(kind="ingest") if j.doc_id == d and j.state in (J.QUEUED, J.RUNNING)]
+            pending = [j for j in st.jobs.find(kind="ingest", doc_id=d) if j.state in (J.QUEUED, J.RUNNING)]
             if pending:
                 raise NotReadyError(
                     f"document {d!r} is still being ingested (job {pending[0].job_id}, "

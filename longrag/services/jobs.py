@@ -179,9 +179,10 @@ class JobStore:
             raise NotFoundError(f"no job with id {job_id!r}")
         return self._row(row)
 
-    def find(self, *, kind: str | None = None, state: str | None = None, sha256: str | None = None) -> list[Job]:
+    def find(self, *, kind: str | None = None, state: str | None = None, sha256: str | None = None,
+             doc_id: str | None = None) -> list[Job]:
         where, args = [], []
-        for col, val in (("kind", kind), ("state", state), ("sha256", sha256)):
+        for col, val in (("kind", kind), ("state", state), ("sha256", sha256), ("doc_id", doc_id)):
             if val is not None:
                 where.append(f"{col}=?")
                 args.append(val)

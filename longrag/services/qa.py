@@ -17,6 +17,7 @@ from longrag.config import Settings, get_settings
 from longrag.errors import InvalidRequestError
 from longrag.generation.decoding import TokenCallback, generate
 from longrag.generation.prompts import answer_messages, context_block, encode_chat, prompt_overhead
+from longrag.retrieval.bm25 import tokenize
 from longrag.retrieval.types import Hit
 from longrag.services.corpus import Corpus
 
@@ -135,31 +136,39 @@ def is_not_found(answer: str) -> bool:
     return bool(words) and words[0] == NOT_FOUND
 
 
+def _holds(words: Sequence[str], text_words: Sequence[str]) -> bool:
+    """``words`` occur, in order and whole, in ``text_words``."""
+    return bool(words) and f" {' '.join(words)} " in f" {' '.join(text_words)} "
+
+
 def is_grounded(answer: str, evidence: Sequence[Evidence]) -> bool:
     """The answer's words occur, in order and whole, in a cited span."""
     words = _norm_words(answer)
-    if not words:
-        return False
-    needle = f" {' '.join(words)} "
-    return any(needle in f" {' '.join(_norm_words(e.text))} " for e in evidence)
+    return any(_holds(words, _norm_words(e.text)) for e in evidence)
 
 
 _TITLES = frozenset({"mr", "mrs", "miss", "ms", "dr", "sir", "lady", "lord", "st", "s"})
 
 
-def _content_terms(text: str) -> list[str]:
-    from longrag.retrieval.bm25 import tokenize
+def _content_terms(text: str) -> set[str]:
+    return {t for t in tokenize(text) if t not in _TITLES}
 
-    return [t for t in tokenize(text) if t not in _TITLES]
+
+def _asked_terms(question: str) -> set[str] | None:
+    """The question's content terms; None for a choice question ("... A or B?"), which may be
+    answered with its own words."""
+    return None if re.search(r"\bor\b", question, re.I) else _content_terms(question)
+
+
+def _echoes(answer: str, asked: set[str] | None) -> bool:
+    terms = _content_terms(answer)
+    return asked is not None and bool(terms) and terms <= asked
 
 
 def echoes_question(answer: str, question: str) -> bool:
     """The answer only repeats the question's own words ("Whom does Irene Adler marry?" ->
-    "Irene Adler"); a choice question ("... A or B?") may be answered with its own words."""
-    if re.search(r"\bor\b", question, re.I):
-        return False
-    terms = _content_terms(answer)
-    return bool(terms) and set(terms) <= set(_content_terms(question))
+    "Irene Adler")."""
+    return _echoes(answer, _asked_terms(question))
 
 
 class AnswerGuard:
@@ -169,11 +178,11 @@ class AnswerGuard:
     never reaches the stream."""
 
     def __init__(self, question: str, on_token: TokenCallback | None, context: str | None = None) -> None:
-        self.question, self.sink = question, on_token
+        self.asked = _asked_terms(question)
+        self.sink = on_token
         self.held = ""
         self.open = False
-        self.context_terms = set(_content_terms(context)) if context else None
-        self.verified = True
+        self.context_terms = _content_terms(context) if context else None
 
     def on_token(self, piece: str) -> None:
         if self.open:
@@ -181,18 +190,16 @@ class AnswerGuard:
             return
         self.held += piece
         whole = re.sub(r"\w+$", "", self.held)  # the last word may still grow
-        if _content_terms(whole) and not echoes_question(whole, self.question):
+        if _content_terms(whole) and not _echoes(whole, self.asked):
             self.open = True
             self._emit(self.held)
 
     def accept(self, answer: str) -> bool:
         ungrounded = (self.context_terms is not None and not is_not_found(answer)
-                      and not set(_content_terms(answer)) <= self.context_terms)
-        if echoes_question(answer, self.question) or ungrounded:
+                      and not _content_terms(answer) <= self.context_terms)
+        if _echoes(answer, self.asked) or ungrounded:
             self.held, self.open = "", False
-            self.verified = False
             return False
-        self.verified = True
         return True
 
     def finish(self) -> None:
@@ -232,14 +239,13 @@ def ground(
     asked = {w for w in _norm_words(question) if len(w) > 2}
     scored: list[tuple[int, int, Evidence]] = []
     if words and not is_not_found(answer):
-        needle = f" {' '.join(words)} "
         for rank, hit in enumerate(hits):
             text = corpus.text(hit.doc_id)
             for s in corpus.store.sentences(hit.doc_id):
                 if s.end <= hit.start or s.start >= hit.end:
                     continue
                 sent_words = _norm_words(text[s.start : s.end])
-                if needle in f" {' '.join(sent_words)} ":
+                if _holds(words, sent_words):
                     ev = Evidence(hit.doc_id, s.start, s.end, text[s.start : s.end])
                     if all(ev != e for _, _, e in scored):
                         scored.append((-len(asked & set(sent_words)), rank, ev))

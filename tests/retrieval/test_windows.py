@@ -63,3 +63,15 @@ def test_no_sentences_inside_hits_returns_the_hits():
     out = sentence_windows("rain", [hit], sentences_of=lambda d: split_sentences(TEXT), text_of=lambda d: TEXT,
                            encode=_encode)
     assert out == [hit]
+
+
+def test_a_chain_of_windows_merges_into_one():
+    """Windows that each touch the next join even when the first two were far apart at first."""
+    sents = split_sentences(TEXT)
+    third = [s for s in sents if s.start < TEXT.index("\n\n")]  # the first paragraph's three sentences
+    whole = [Hit("d", 0, len(TEXT), TEXT, 1.0)]
+    wins = sentence_windows("rain moor night shepherd hut morning estate frost", whole,
+                            sentences_of=lambda d: sents, text_of=lambda d: TEXT, encode=_encode,
+                            config=WindowConfig(top=3, radius=0))
+    first_par = [w for w in wins if w.start < TEXT.index("\n\n")]
+    assert len(first_par) == 1 and (first_par[0].start, first_par[0].end) == (third[0].start, third[-1].end)
