@@ -55,7 +55,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log prog
 
 @app.command()
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(help="Files to ingest (.txt .md .html .pdf).")],
+    paths: Annotated[list[Path], typer.Argument(help="Files to ingest (.txt .md .html .pdf .docx .pptx .epub).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Ingest documents; identical bytes are a no-op that returns the same id."""

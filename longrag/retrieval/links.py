@@ -22,7 +22,7 @@ _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
 _WORD = re.compile(rf"[{_CJK}]|(?:(?![{_CJK}])\w)+")  # words; each CJK character on its own
 _CJK_CHAR = re.compile(rf"[{_CJK}]")
 _PAREN = re.compile(r"\s*\([^()]*\)\s*$")
-_EXT = re.compile(r"\.(txt|md|markdown|pdf|html?|docx?|rst|csv|json)$", re.IGNORECASE)
+_EXT = re.compile(r"\.(txt|md|markdown|pdf|html?|docx?|pptx|epub|rst|csv|json)$", re.IGNORECASE)
 
 
 def link_name(title: str | None) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ import streamlit as st
 from longrag.ui.client import DEFAULT_API_URL, APIError, Document, LongragClient
 
 VIEWS = Path(__file__).parent / "views"
-FILE_TYPES = ["txt", "md", "markdown", "html", "htm", "pdf"]
+FILE_TYPES = ["txt", "md", "markdown", "html", "htm", "pdf", "docx", "pptx", "epub"]
 DEFAULT_MODES = ["plain", "full"]
 
 

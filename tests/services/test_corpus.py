@@ -85,7 +85,7 @@ def test_index_is_rebuilt_from_sqlite_when_file_is_lost_or_stale(corpus: Corpus)
         (b"   \n ", "blank.txt", EmptyDocumentError),
         (bytes(range(256)) * 4, "garbage.txt", DecodeError),
         ("\u00e9t\u00e9".encode("latin-1"), "latin.txt", DecodeError),
-        (b"x", "file.docx", UnsupportedFileTypeError),
+        (b"x", "file.xlsx", UnsupportedFileTypeError),
     ],
 )
 def test_bad_input_leaves_store_untouched(corpus: Corpus, data, name, exc):
