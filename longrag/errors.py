@@ -56,6 +56,13 @@ class NotReadyError(LongragError):
     http_status = 409
 
 
+class JobFinishedError(LongragError):
+    """A change asked of a job that has already ended (cancelling a finished job)."""
+
+    code = "job_finished"
+    http_status = 409
+
+
 class UnauthorizedError(LongragError):
     code = "unauthorized"
     http_status = 401

@@ -317,8 +317,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # -- jobs -----------------------------------------------------------------------------------
     @app.get("/v1/jobs/{job_id}", tags=["jobs"])
     async def get_job(job_id: str) -> dict[str, Any]:
-        """State (queued | running | succeeded | failed), progress 0..1, stage, error."""
+        """State (queued | running | succeeded | failed | cancelled), progress 0..1, stage, error."""
         return st.jobs.get(job_id).public()
+
+    @app.delete("/v1/jobs/{job_id}", tags=["jobs"])
+    async def cancel_job(job_id: str) -> dict[str, Any]:
+        """Cancel a queued or running ingest or batch job (409 ``job_finished`` once it ended).
+        An ingest stops before its next stage and stores nothing; a batch answers no further
+        question and keeps the answers it has (``GET /v1/batch/{id}/results``)."""
+        return (await asyncio.to_thread(st.jobs.cancel, job_id)).public()
 
     # -- questions ------------------------------------------------------------------------------
     @app.get("/v1/modes", tags=["query"])
@@ -390,9 +397,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/v1/batch/{job_id}/results", tags=["batch"])
     async def batch_results(job_id: str, partial: bool = False) -> Response:
         """JSONL, one line per question in input order (409 until the batch finished, unless
-        ``partial=true``: then only the answered lines, still in order)."""
+        ``partial=true``: then only the answered lines, still in order; a cancelled batch gives
+        the lines it answered)."""
         job = _batch_job(st, job_id)
-        if job.state != J.SUCCEEDED and not partial:
+        if job.state not in (J.SUCCEEDED, J.CANCELLED) and not partial:
             raise NotReadyError(f"batch {job_id} is {job.state} ({job.progress:.0%}); try again later")
         rows = [r for r in st.jobs.results(job_id) if r is not None]
         body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)

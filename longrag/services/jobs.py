@@ -32,15 +32,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from longrag.config import Settings, get_settings
-from longrag.errors import InvalidRequestError, LongragError, NotFoundError
+from longrag.errors import InvalidRequestError, JobFinishedError, LongragError, NotFoundError
 from longrag.services.store import open_db
 
 log = logging.getLogger(__name__)
 
-QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
-STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED)
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+ENDED = (SUCCEEDED, FAILED, CANCELLED)
+CANCELLABLE_KINDS = ("ingest", "batch")
 
-# Celery task names and their queues (issue 9: `ingest` and `qa`).
+# Celery task names and their queues (`ingest` and `qa`).
 TASK_INGEST = "longrag.ingest"
 TASK_QUESTION = "longrag.question"
 TASK_BATCH = "longrag.batch"
@@ -191,14 +193,40 @@ class JobStore:
             return [self._row(r) for r in self._conn.execute(sql, args)]
 
     def start(self, job_id: str) -> Job:
-        """Mark a job running (again, when a job is re-delivered) by this process."""
+        """Mark a job running (again, when a job is re-delivered) by this process; a succeeded
+        or cancelled job stays as it is."""
         with self._tx() as c:
             c.execute(
                 "UPDATE jobs SET state=?, worker=?, attempts=attempts+1, started_at=?, error=NULL, error_code=NULL "
-                "WHERE job_id=? AND state != ?",
-                (RUNNING, worker_id(), time.time(), job_id, SUCCEEDED),
+                "WHERE job_id=? AND state NOT IN (?, ?)",
+                (RUNNING, worker_id(), time.time(), job_id, SUCCEEDED, CANCELLED),
             )
         return self.get(job_id)
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued or running ingest or batch job. The worker sees it at its next check:
+        an ingest stops before its next stage (or removes the document it has just committed),
+        a batch answers no further question and keeps the answers it has.
+
+        Raises:
+            NotFoundError: No such job.
+            InvalidRequestError: A kind of job that is not cancellable (a query ends with its request).
+            JobFinishedError: The job has already ended.
+        """
+        job = self.get(job_id)
+        if job.kind not in CANCELLABLE_KINDS:
+            raise InvalidRequestError(f"a {job.kind} job cannot be cancelled (only {', '.join(CANCELLABLE_KINDS)} jobs)")
+        with self._tx() as c:
+            cur = c.execute("UPDATE jobs SET state=?, stage='cancelled', finished_at=? WHERE job_id=? AND state IN (?, ?)",
+                            (CANCELLED, time.time(), job_id, QUEUED, RUNNING))
+        if cur.rowcount == 0:
+            raise JobFinishedError(f"job {job_id} has already ended ({self.get(job_id).state}); nothing to cancel")
+        return self.get(job_id)
+
+    def cancelled(self, job_id: str) -> bool:
+        with self._lock:
+            row = self._conn.execute("SELECT state FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        return row is not None and row[0] == CANCELLED
 
     def progress(self, job_id: str, stage: str, fraction: float) -> None:
         with self._tx() as c:
@@ -209,18 +237,20 @@ class JobStore:
             c.execute("UPDATE jobs SET stage=?, progress=?, history=? WHERE job_id=? AND state=?",
                       (stage, round(fraction, 4), json.dumps(history), job_id, RUNNING))
 
-    def succeed(self, job_id: str, *, doc_id: str | None = None) -> None:
+    def succeed(self, job_id: str, *, doc_id: str | None = None) -> bool:
+        """Mark a job succeeded; False (nothing changed) when it was cancelled meanwhile."""
         with self._tx() as c:
-            c.execute(
+            cur = c.execute(
                 "UPDATE jobs SET state=?, progress=1.0, stage='done', doc_id=COALESCE(?, doc_id), finished_at=?, "
-                "error=NULL, error_code=NULL WHERE job_id=?",
-                (SUCCEEDED, doc_id, time.time(), job_id),
+                "error=NULL, error_code=NULL WHERE job_id=? AND state != ?",
+                (SUCCEEDED, doc_id, time.time(), job_id, CANCELLED),
             )
+        return cur.rowcount > 0
 
     def fail(self, job_id: str, code: str, message: str) -> None:
         with self._tx() as c:
-            c.execute("UPDATE jobs SET state=?, error=?, error_code=?, finished_at=? WHERE job_id=? AND state != ?",
-                      (FAILED, message, code, time.time(), job_id, SUCCEEDED))
+            c.execute("UPDATE jobs SET state=?, error=?, error_code=?, finished_at=? WHERE job_id=? AND state NOT IN (?, ?)",
+                      (FAILED, message, code, time.time(), job_id, SUCCEEDED, CANCELLED))
 
     def requeue(self, job_id: str, message: str) -> None:
         """A transient failure: the job waits for its retry."""
@@ -271,12 +301,12 @@ class JobStore:
             total, done = c.execute("SELECT COUNT(*), COUNT(result) FROM batch_items WHERE job_id=?",
                                     (job_id,)).fetchone()
             if done >= total:
-                c.execute("UPDATE jobs SET state=?, progress=1.0, stage='done', finished_at=? WHERE job_id=?",
-                          (SUCCEEDED, time.time(), job_id))
+                c.execute("UPDATE jobs SET state=?, progress=1.0, stage='done', finished_at=? WHERE job_id=? "
+                          "AND state != ?", (SUCCEEDED, time.time(), job_id, CANCELLED))
             else:
                 c.execute("UPDATE jobs SET state=?, progress=?, stage='answer', "
-                          "started_at=COALESCE(started_at, ?) WHERE job_id=? AND state != ?",
-                          (RUNNING, done / total, time.time(), job_id, SUCCEEDED))
+                          "started_at=COALESCE(started_at, ?) WHERE job_id=? AND state NOT IN (?, ?)",
+                          (RUNNING, done / total, time.time(), job_id, SUCCEEDED, CANCELLED))
         return True
 
     def results(self, job_id: str) -> list[dict[str, Any] | None]:
@@ -395,6 +425,9 @@ def run_ingest(settings: Settings, job_id: str) -> dict[str, Any]:
     job = jobs.get(job_id)
     if job.state == SUCCEEDED:
         return {"doc_id": job.doc_id, "created": False}
+    if job.state == CANCELLED:
+        _drop_upload(settings, job.payload["sha256"])
+        return {"doc_id": None, "cancelled": True}
     jobs.start(job_id)
     corpus = get_corpus(settings)
     sha = job.payload["sha256"]
@@ -410,6 +443,8 @@ def run_ingest(settings: Settings, job_id: str) -> dict[str, Any]:
     last = {"stage": None, "p": -1.0}
 
     def progress(stage: str, fraction: float) -> None:
+        if stage != last["stage"] and stage in _CHECKPOINTS and jobs.cancelled(job_id):
+            raise _Cancelled(stage)  # before the stage starts: nothing of this document is stored yet
         if stage != last["stage"] or fraction - last["p"] >= 0.05:
             last.update(stage=stage, p=fraction)
             jobs.progress(job_id, stage, fraction)
@@ -417,13 +452,28 @@ def run_ingest(settings: Settings, job_id: str) -> dict[str, Any]:
     try:
         result = corpus.ingest_bytes(path.read_bytes(), job.payload.get("filename"),
                                      title=job.payload.get("title"), progress=progress)
+    except _Cancelled as stop:
+        _drop_upload(settings, sha)
+        log.info("ingest %s cancelled before %s", job_id, stop)
+        return {"doc_id": None, "cancelled": True}
     except LongragError as exc:
         jobs.fail(job_id, exc.code, str(exc))
         _drop_upload(settings, sha)
         return {"doc_id": None, "error": error_dict(exc)}
-    jobs.succeed(job_id, doc_id=result.doc_id)
     _drop_upload(settings, sha)
+    if not jobs.succeed(job_id, doc_id=result.doc_id):  # cancelled after the commit: take it back whole
+        if result.created:
+            corpus.delete(result.doc_id)
+        return {"doc_id": None, "cancelled": True}
     return {"doc_id": result.doc_id, "created": result.created, "chunks": result.n_chunks}
+
+
+_CHECKPOINTS = frozenset({"parse", "segment", "embed", "index"})
+"""Ingest stages before which a cancelled job stops (the document is committed in ``index``)."""
+
+
+class _Cancelled(Exception):
+    """Raised from the progress callback to stop a cancelled ingest."""
 
 
 def _drop_upload(settings: Settings, sha: str) -> None:
@@ -495,7 +545,7 @@ def run_batch_item(settings: Settings, job_id: str, idx: int) -> bool:
 
     jobs = get_jobs(settings)
     payload, result = jobs.item(job_id, idx)
-    if result is not None:
+    if result is not None or jobs.cancelled(job_id):
         return False
     line: dict[str, Any] = {"index": idx, "question": payload["question"]}
     try:
@@ -510,7 +560,7 @@ def run_batch(settings: Settings, job_id: str, submit_item: Callable[[str, int],
     """Fan a batch out: one item task per unanswered question, in input order."""
     jobs = get_jobs(settings)
     job = jobs.get(job_id)
-    if job.state == SUCCEEDED:
+    if job.state in (SUCCEEDED, CANCELLED):
         return 0
     pending = jobs.pending_items(job_id)
     for idx in pending:

@@ -20,7 +20,7 @@ import httpx
 log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
-TERMINAL_STATES = frozenset({"succeeded", "failed"})
+TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 
 class APIError(Exception):
@@ -286,6 +286,10 @@ class LongragClient:
     def job(self, job_id: str) -> Job:
         return Job.from_json(job_id, self._request("GET", f"/v1/jobs/{job_id}").json())
 
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued or running ingest or batch job (``DELETE /v1/jobs/{id}``)."""
+        return Job.from_json(job_id, self._request("DELETE", f"/v1/jobs/{job_id}").json())
+
     def wait(
         self,
         job_id: str,
@@ -294,7 +298,7 @@ class LongragClient:
         timeout: float = 3600.0,
         interval: float = 0.5,
     ) -> Job:
-        """Poll a job until it succeeds or fails, reporting each state to ``on_update``."""
+        """Poll a job until it succeeds, fails or is cancelled, reporting each state to ``on_update``."""
         deadline = time.monotonic() + timeout
         while True:
             job = self.job(job_id)

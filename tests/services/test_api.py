@@ -239,3 +239,30 @@ def test_too_long_question_is_a_422_before_anything_is_queued(api: httpx.Client)
     r = api.post("/v1/query", json={"question": "Who? " + "quoted words " * 400})
     assert r.status_code == 422 and "limit is 2000" in r.json()["error"]["message"]
     assert snapshot(api) == before
+
+
+def test_delete_job_cancels_it_once_and_finished_jobs_are_a_409(tmp_path: Path, tiny_decoder_dir: Path):
+    from longrag.services import jobs as J
+
+    settings = Settings(data_dir=tmp_path / "cancel", decoder=str(tiny_decoder_dir), broker_url=None, api_key=None,
+                        answer_checks=False, max_new_tokens=4)
+    with serve(settings) as client:
+        # a batch whose fan-out has not reached a worker yet: cancelled over REST, its results empty
+        store = J.get_jobs(settings)
+        batch = store.create("batch", payload={"n_items": 2})
+        store.add_items(batch.job_id, [{"question": "Who?"}, {"question": "Where?"}])
+        r = client.delete(f"/v1/jobs/{batch.job_id}")
+        assert r.status_code == 200, r.text
+        assert r.json()["state"] == "cancelled" and client.get(f"/v1/jobs/{batch.job_id}").json()["state"] == "cancelled"
+        res = client.get(f"/v1/batch/{batch.job_id}/results")
+        assert res.status_code == 200 and res.text == ""
+        again = client.delete(f"/v1/jobs/{batch.job_id}")
+        assert again.status_code == 409 and again.json()["error"]["code"] == "job_finished"
+
+        up = client.post("/v1/documents", json={"text": DOC, "title": "Cape Wrath"}).json()
+        assert wait_job(client, up["job_id"])["state"] == "succeeded"
+        before = client.get("/v1/documents").json()
+        r = client.delete(f"/v1/jobs/{up['job_id']}")
+        assert r.status_code == 409 and "already ended (succeeded)" in r.json()["error"]["message"]
+        assert client.get("/v1/documents").json() == before  # nothing stored changed
+        assert client.delete("/v1/jobs/0123456789abcdef").status_code == 404

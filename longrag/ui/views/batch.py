@@ -12,8 +12,17 @@ from longrag.ui.common import client, show_error
 EXAMPLE = '{"question": "Who wrote the letter?"}\n{"question": "Where does the story begin?", "mode": "plain"}\n'
 
 
+def _cancel(job_id: str) -> None:
+    try:
+        client().cancel(job_id)
+    except APIError as exc:  # it ended meanwhile
+        st.session_state["batch_flash"] = str(exc)
+
+
 def _watch(job_id: str) -> Job | None:
-    bar = st.progress(0.0, text="queued")
+    bar_col, button_col = st.columns([6, 1], vertical_alignment="center")
+    bar = bar_col.progress(0.0, text="queued")
+    button_col.button("Cancel", key=f"cancel-{job_id}", on_click=_cancel, args=(job_id,), icon=":material/cancel:")
 
     def update(job: Job) -> None:
         bar.progress(min(max(job.progress, 0.0), 1.0), text=f"{job.stage or job.state} ({job.progress:.0%})")
@@ -87,9 +96,15 @@ if go:
 batches: list[str] = st.session_state.get("batches", [])
 if batches:
     current = st.selectbox("Batch job", batches, index=batches.index(st.session_state.get("batch_current", batches[0])))
+    flash = st.session_state.pop("batch_flash", None)
+    if flash:
+        st.error(f"Could not cancel: {flash}")
     job = _watch(current)
     if job is not None:
         if job.state == "succeeded":
+            _results(current)
+        elif job.state == "cancelled":
+            st.warning("The batch was cancelled; the questions answered before are below.", icon=":material/cancel:")
             _results(current)
         else:
             st.error(f"The batch failed: {job.error or 'unknown error'}")

@@ -15,7 +15,7 @@ def _upload_section() -> None:
     files_tab, text_tab = st.tabs(["Upload files", "Paste text"])
     with files_tab:
         with st.form("upload", clear_on_submit=True, border=False):
-            files = st.file_uploader("Files (.txt .md .html .pdf)", type=FILE_TYPES, accept_multiple_files=True)
+            files = st.file_uploader("Files (.txt .md .html .pdf .docx .pptx .epub)", type=FILE_TYPES, accept_multiple_files=True)
             go = st.form_submit_button("Upload and index", type="primary", icon=":material/upload:")
         if go and files:
             for f in files:
@@ -53,7 +53,12 @@ def _watch_pending(interval: float = 0.4) -> None:
     pending = _pending()
     if not pending:
         return
-    bars = {sub.job_id: st.progress(0.0, text=f"{name}: queued") for name, sub in pending}
+    bars = {}
+    for name, sub in pending:
+        bar_col, button_col = st.columns([6, 1], vertical_alignment="center")
+        bars[sub.job_id] = bar_col.progress(0.0, text=f"{name}: queued")
+        button_col.button("Cancel", key=f"cancel-{sub.job_id}", on_click=_cancel, args=(name, sub.job_id),
+                          icon=":material/cancel:")
     while pending:
         for item in list(pending):
             name, sub = item
@@ -69,10 +74,19 @@ def _watch_pending(interval: float = 0.4) -> None:
                 pending.remove(item)
                 if job.state == "succeeded":
                     st.success(f"**{name}** is ready · `{job.doc_id or sub.doc_id}`", icon=":material/check_circle:")
+                elif job.state == "cancelled":
+                    st.warning(f"**{name}**: cancelled, nothing stored", icon=":material/cancel:")
                 else:
                     st.error(f"**{name}** failed: {job.error or 'unknown error'}", icon=":material/error:")
         if pending:
             time.sleep(interval)
+
+
+def _cancel(name: str, job_id: str) -> None:
+    try:
+        client().cancel(job_id)
+    except APIError as exc:  # it ended meanwhile: the poll shows how
+        st.session_state["doc_flash"] = ("error", f"Could not cancel {name}: {exc}")
 
 
 def _delete(doc_id: str, title: str) -> None:
