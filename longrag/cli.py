@@ -1,4 +1,4 @@
-"""The ``longrag`` command line: ingest, docs, show, delete, search, ask (and the servers)."""
+"""The ``longrag`` command line: ingest, docs, show, delete, search, ask, chat (and the servers)."""
 
 from __future__ import annotations
 
@@ -188,6 +188,55 @@ def ask(
     t = answer.timings
     typer.echo(f"  retrieval {t['retrieval_ms']:.0f} ms, first token {t['ttft_ms']:.0f} ms, "
                f"total {t['total_ms']:.0f} ms, {t['tokens_per_s']:.1f} tokens/s")
+
+
+@app.command()
+def chat(
+    doc: Annotated[Optional[list[str]], typer.Option("--doc", help="Restrict to this document id (repeatable).")] = None,
+    conversation: Annotated[Optional[str], typer.Option(
+        "--conversation", help="Go on with a stored conversation (its id, as the REST API gives it).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON answer per line.")] = False,
+) -> None:
+    """Ask follow-up questions in a terminal, one per line (an empty line or end of input stops).
+    Each follow-up is rewritten to stand alone from the turns before it; the conversation is
+    stored like the REST API's and its id printed first."""
+    from longrag.services.conversations import get_conversations, standalone_question
+    from longrag.services.qa import Question
+    from longrag.services.runtime import get_pipeline
+
+    pipe = get_pipeline()
+    store = get_conversations(pipe.settings.db_path)
+    try:
+        conv = store.get(conversation) if conversation else store.create(pipe.corpus.check_docs(doc) or [])
+    except LongragError as exc:
+        _fail(exc)
+    typer.echo(json.dumps({"conversation_id": conv.conversation_id}) if as_json else
+               f"conversation {conv.conversation_id} (an empty line ends it)", err=not as_json)
+    turns = list(conv.turns)
+    while True:
+        if not as_json:
+            typer.echo("> ", nl=False, err=True)
+        line = sys.stdin.readline()
+        if not line.strip():
+            return
+        standalone = standalone_question(turns, line.strip())
+        try:
+            answer = pipe.ask(Question(standalone, doc_ids=doc or conv.doc_ids or None))
+        except LongragError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            continue
+        result = answer.to_dict()
+        result["stats"]["standalone_question"] = standalone
+        result["stats"]["turn"] = store.add_turn(conv.conversation_id, line.strip(), standalone, result)
+        turns = store.get(conv.conversation_id).turns
+        if as_json:
+            typer.echo(json.dumps(result, ensure_ascii=False))
+            continue
+        if standalone != line.strip():
+            typer.echo(f"  (asked as: {standalone})")
+        typer.echo(answer.answer if answer.answerable else NOT_ANSWERED)
+        for ev in answer.evidence:
+            typer.echo(f"  [{ev.doc_id} {ev.start}:{ev.end}] {ev.text[:200]!r}")
 
 
 @app.command("prepare-models")

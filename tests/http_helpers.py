@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import httpx
 
@@ -49,3 +52,26 @@ def sse_events(response: httpx.Response) -> Iterator[tuple[str, dict, float]]:
             name = line.split(":", 1)[1].strip()
         elif line.startswith("data:"):
             data.append(line.split(":", 1)[1].strip())
+
+
+@contextmanager
+def serve(settings: Any) -> Iterator[httpx.Client]:
+    """A real uvicorn serving ``create_app(settings)`` in a thread; yields a client for it."""
+    import uvicorn
+
+    from longrag.services.api import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -96,3 +96,28 @@ def test_cli_bad_input_exits_nonzero_and_keeps_store(tmp_path: Path):
     docs = json.loads(run("docs", "--json").stdout)
     assert [d["doc_id"] for d in docs] == [doc_id]
     assert run("show", doc_id).stdout == good.read_text()
+
+
+def test_cli_chat_rewrites_follow_ups_and_stores_the_conversation(tmp_path: Path, tiny_decoder_dir: Path):
+    src = tmp_path / "ada.txt"
+    src.write_bytes(TEXT.encode())
+    doc_id = json.loads(run("ingest", str(src), "--json").stdout)[0]["doc_id"]
+    env = {"LONGRAG_DECODER": str(tiny_decoder_dir), "LONGRAG_MAX_NEW_TOKENS": "4"}
+    proc = subprocess.run([sys.executable, "-m", "longrag", "chat", "--doc", doc_id, "--json"], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, **env},
+                          input="Who worked with Ada Lovelace?\nWhat did she write?\n\nnot asked\n")
+    assert proc.returncode == 0, proc.stderr
+    head, *answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(answers) == 2  # the empty line ends the chat
+    assert [a["stats"]["turn"] for a in answers] == [0, 1]
+    assert answers[1]["stats"]["standalone_question"] == "What did Ada Lovelace write?"
+    for a in answers:
+        assert all(TEXT[e["start"]:e["end"]] == e["text"] for e in a["evidence"])
+    # the conversation goes on where it stopped, with its history
+    more = subprocess.run([sys.executable, "-m", "longrag", "chat", "--conversation", head["conversation_id"], "--json"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, **env},
+                          input="When did she publish it?\n")
+    last = json.loads(more.stdout.splitlines()[-1])
+    assert last["stats"]["turn"] == 2 and last["stats"]["standalone_question"].startswith("When did Ada Lovelace")
+    bad = run("chat", "--conversation", "nope")
+    assert bad.returncode == 2 and "no conversation" in bad.stderr

@@ -16,7 +16,7 @@ import json
 import logging
 import queue
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any
@@ -46,6 +46,7 @@ from longrag.errors import (
 )
 from longrag.retrieval.parse import detect_kind
 from longrag.services import jobs as J
+from longrag.services.conversations import get_conversations, standalone_question
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,17 @@ class QueryRequest(BaseModel):
 
     def payload(self) -> dict[str, Any]:
         return self.model_dump(exclude={"stream"}, exclude_none=True)
+
+
+class ConversationRequest(BaseModel):
+    """A new conversation over a document set (none: the whole collection)."""
+
+    doc_ids: list[str] | None = Field(None, description="The documents the conversation asks about.")
+    title: str | None = Field(None, max_length=200)
+
+
+class MessageRequest(QueryRequest):
+    """A question in a conversation; ``doc_ids`` default to the conversation's."""
 
 
 class Accepted(BaseModel):
@@ -234,6 +246,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     st.settings = settings
     st.corpus = get_corpus(settings)
     st.jobs = J.get_jobs(settings)
+    st.conversations = get_conversations(settings.db_path)
     st.dispatcher = J.make_dispatcher(settings)
     st.redis = None
     if settings.broker_url:
@@ -345,34 +358,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (``{"token"}``), then one ``result`` event with the full JSON (or an ``error`` event). A
         ``reset`` event means a worker died and another restarted the answer.
         """
+        return await _answer(st, body.payload(), stream=body.stream)
+
+    # -- conversations ----------------------------------------------------------------------------
+    @app.post("/v1/conversations", status_code=201, tags=["conversations"])
+    async def create_conversation(body: ConversationRequest) -> dict[str, Any]:
+        """Start a conversation; follow-up questions go to ``POST /v1/conversations/{id}/messages``."""
+        doc_ids = st.corpus.check_docs(body.doc_ids) if body.doc_ids else []
+        return (await asyncio.to_thread(st.conversations.create, doc_ids, body.title)).public()
+
+    @app.get("/v1/conversations/{conversation_id}", tags=["conversations"])
+    async def get_conversation(conversation_id: str) -> dict[str, Any]:
+        """The conversation and its turns: each question, its standalone rewrite and the answer JSON."""
+        return (await asyncio.to_thread(st.conversations.get, conversation_id)).public()
+
+    @app.post("/v1/conversations/{conversation_id}/messages", tags=["conversations"])
+    async def conversation_message(conversation_id: str, body: MessageRequest):
+        """Ask in a conversation: the question is rewritten to stand alone from the turns before it
+        (``stats.standalone_question``), answered like ``POST /v1/query`` (streamed with ``stream``),
+        and stored as the next turn (``stats.turn``)."""
+        conv = await asyncio.to_thread(st.conversations.get, conversation_id)
         payload = body.payload()
-        _check_question(st, payload)
-        rid = J.new_id()
-        deadline = time.monotonic() + settings.query_timeout_s
-        if body.stream:
-            if not settings.broker_url:
-                J.LOCAL_SINK.channel(rid)  # register before the task can publish
-            st.jobs.create("query", job_id=rid, payload=payload)
-            st.dispatcher.submit(J.TASK_QUESTION, rid, payload, True, task_id=rid)
-            return EventSourceResponse(_sse(st, rid, deadline), ping=15, headers={"X-Request-ID": rid})
-        st.jobs.create("query", job_id=rid, payload=payload)
-        future = st.dispatcher.submit(J.TASK_QUESTION, rid, payload, False, task_id=rid)
-        if settings.broker_url:
-            out = None
-            try:
-                async for event in _events(st, rid, deadline):
-                    if event.get("type") == "end":
-                        out = event
-            except ServiceTimeoutError:
-                await asyncio.to_thread(_give_up, st, rid)
-                raise
-        else:
-            try:
-                out = await asyncio.wait_for(asyncio.wrap_future(future), settings.query_timeout_s)
-            except TimeoutError:
-                await asyncio.to_thread(_give_up, st, rid)
-                raise ServiceTimeoutError(f"no answer within {settings.query_timeout_s:.0f} s") from None
-        return JSONResponse(_raise_for(out), headers={"X-Request-ID": rid})
+        standalone = standalone_question(conv.turns, body.question)
+        payload["question"] = standalone
+        if "doc_ids" not in payload and conv.doc_ids:
+            # documents deleted since the conversation began are left out; its stored turns stay
+            payload["doc_ids"] = [d for d in conv.doc_ids if st.corpus.store.exists(d)] or conv.doc_ids
+
+        def store(result: dict[str, Any]) -> dict[str, Any]:
+            result = {**result, "stats": {**result.get("stats", {}), "standalone_question": standalone}}
+            result["stats"]["turn"] = st.conversations.add_turn(conversation_id, body.question, standalone, result)
+            return result
+
+        return await _answer(st, payload, stream=body.stream, on_result=store)
 
     # -- batches --------------------------------------------------------------------------------
     @app.post("/v1/batch", status_code=202, response_model=Accepted, tags=["batch"], openapi_extra=_BATCH_BODY)
@@ -572,6 +590,42 @@ def _give_up(st: Any, rid: str) -> None:
         st.dispatcher.app.control.revoke(rid)
 
 
+async def _answer(st: Any, payload: dict[str, Any], *, stream: bool,
+                  on_result: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Response:
+    """Answer ``payload`` on a worker: JSON, or server-sent events with ``stream``. ``on_result``
+    sees (and may extend) the answer JSON before it is returned (a conversation stores its turn)."""
+    _check_question(st, payload)
+    rid = J.new_id()
+    deadline = time.monotonic() + st.settings.query_timeout_s
+    if stream:
+        if not st.settings.broker_url:
+            J.LOCAL_SINK.channel(rid)  # register before the task can publish
+        st.jobs.create("query", job_id=rid, payload=payload)
+        st.dispatcher.submit(J.TASK_QUESTION, rid, payload, True, task_id=rid)
+        return EventSourceResponse(_sse(st, rid, deadline, on_result), ping=15, headers={"X-Request-ID": rid})
+    st.jobs.create("query", job_id=rid, payload=payload)
+    future = st.dispatcher.submit(J.TASK_QUESTION, rid, payload, False, task_id=rid)
+    if st.settings.broker_url:
+        out = None
+        try:
+            async for event in _events(st, rid, deadline):
+                if event.get("type") == "end":
+                    out = event
+        except ServiceTimeoutError:
+            await asyncio.to_thread(_give_up, st, rid)
+            raise
+    else:
+        try:
+            out = await asyncio.wait_for(asyncio.wrap_future(future), st.settings.query_timeout_s)
+        except TimeoutError:
+            await asyncio.to_thread(_give_up, st, rid)
+            raise ServiceTimeoutError(f"no answer within {st.settings.query_timeout_s:.0f} s") from None
+    result = _raise_for(out)
+    if on_result is not None:
+        result = await asyncio.to_thread(on_result, result)
+    return JSONResponse(result, headers={"X-Request-ID": rid})
+
+
 async def _run_and_wait(st: Any, task: str, *args: Any) -> dict[str, Any]:
     """Run a short task on its queue and wait for its return value (bounded)."""
     timeout = st.settings.query_timeout_s
@@ -591,7 +645,8 @@ async def _run_and_wait(st: Any, task: str, *args: Any) -> dict[str, Any]:
     return handle.result
 
 
-async def _sse(st: Any, rid: str, deadline: float) -> AsyncIterator[dict[str, str]]:
+async def _sse(st: Any, rid: str, deadline: float,
+               on_result: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> AsyncIterator[dict[str, str]]:
     attempt = None
     try:
         async for event in _events(st, rid, deadline):
@@ -604,7 +659,10 @@ async def _sse(st: Any, rid: str, deadline: float) -> AsyncIterator[dict[str, st
                     {"token": event["token"], "i": event.get("i"), "t": event.get("t")}, ensure_ascii=False)}
             elif kind == "end":
                 if event.get("ok"):
-                    yield {"event": "result", "data": json.dumps(event["result"], ensure_ascii=False)}
+                    result = event["result"]
+                    if on_result is not None:
+                        result = await asyncio.to_thread(on_result, result)
+                    yield {"event": "result", "data": json.dumps(result, ensure_ascii=False)}
                 else:
                     err = event.get("error") or {}
                     yield {"event": "error", "data": json.dumps(

@@ -346,16 +346,21 @@ class LongragClient:
             body["options"] = dict(options)
         return body
 
+    @staticmethod
+    def _query_path(conversation_id: str | None) -> str:
+        return f"/v1/conversations/{conversation_id}/messages" if conversation_id else "/v1/query"
+
     def query(self, question: str, *, doc_ids: Sequence[str] | None = None, mode: str | None = None,
-              options: dict[str, Any] | None = None) -> QueryResult:
-        """Ask a question and wait for the whole answer (``options``: the mode's options, as in REST)."""
-        resp = self._request("POST", "/v1/query", json=self._query_body(question, doc_ids, mode, options, False),
-                             timeout=self.query_timeout)
+              options: dict[str, Any] | None = None, conversation_id: str | None = None) -> QueryResult:
+        """Ask a question and wait for the whole answer (``options``: the mode's options, as in REST;
+        ``conversation_id``: as the next turn of that conversation)."""
+        resp = self._request("POST", self._query_path(conversation_id),
+                             json=self._query_body(question, doc_ids, mode, options, False), timeout=self.query_timeout)
         return QueryResult.from_json(resp.json())
 
     def stream_query(
         self, question: str, *, doc_ids: Sequence[str] | None = None, mode: str | None = None,
-        options: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None, conversation_id: str | None = None,
     ) -> Iterator[StreamItem]:
         """Ask a question with ``stream: true``: yields token strings, then the final result.
 
@@ -366,7 +371,7 @@ class LongragClient:
         """
         body = self._query_body(question, doc_ids, mode, options, True)
         try:
-            with self._http.stream("POST", "/v1/query", json=body, timeout=self.query_timeout,
+            with self._http.stream("POST", self._query_path(conversation_id), json=body, timeout=self.query_timeout,
                                    headers={"Accept": "text/event-stream"}) as resp:
                 if resp.status_code >= 400:
                     resp.read()
@@ -381,6 +386,16 @@ class LongragClient:
         except httpx.HTTPError as exc:
             raise APIError(f"the answer stream from {self.base_url} broke: {exc}") from exc
         raise APIError("the answer stream ended without a result")
+
+    # -- conversations ------------------------------------------------------------------------------
+    def create_conversation(self, doc_ids: Sequence[str] | None = None, title: str | None = None) -> str:
+        """Start a conversation over these documents (none: all); returns its id."""
+        body: dict[str, Any] = {"doc_ids": list(doc_ids) if doc_ids else None, "title": title}
+        return str(self._request("POST", "/v1/conversations", json=body).json()["conversation_id"])
+
+    def conversation(self, conversation_id: str) -> dict[str, Any]:
+        """The conversation with its turns (question, standalone_question, answer JSON)."""
+        return self._request("GET", f"/v1/conversations/{conversation_id}").json()
 
     # -- batch ------------------------------------------------------------------------------------
     def submit_batch(self, questions: Sequence[str | dict[str, Any]]) -> Submitted:

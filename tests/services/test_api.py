@@ -7,45 +7,21 @@ tiny random decoder (answer quality does not matter here, the contract does).
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
-from http_helpers import DOC, free_port, sse_events, wait_job
+from http_helpers import DOC, serve, sse_events, wait_job
 
 from longrag.config import Settings
-from longrag.services.api import create_app
 
 OTHER = (
     "Beekeeping in the valley began with monks who kept straw skeps behind the abbey. "
     "Their honey was traded for salt and wool at the autumn fair. "
     "A good hive could give twenty pounds of honey in a warm year."
 )
-
-
-@contextmanager
-def serve(settings: Settings) -> Iterator[httpx.Client]:
-    """A real uvicorn serving ``create_app(settings)`` in a thread; yields a client for it."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")

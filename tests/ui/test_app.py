@@ -160,3 +160,26 @@ def test_speed_metric_is_a_dash_when_there_was_no_decode_step(tps: float, shown:
     at = AppTest.from_function(_show_timings, args=(tps,)).run()
     assert not at.exception
     assert {m.label: m.value for m in at.metric}["Speed"] == shown
+
+
+@pytest.mark.integration  # the API embeds with the real MiniLM
+def test_ask_page_is_a_conversation_per_document_set(
+    monkeypatch: pytest.MonkeyPatch, api_server, gull_point: str
+) -> None:
+    at = _app(monkeypatch, api_server.url, "views/ask.py")
+    at.text_area[0].input("How many sailors did Margaret Hale bring back?")
+    at.multiselect[0].select(gull_point)
+    _press(at, "Ask")
+    assert not at.exception and not at.error, _texts(at, "error")
+    assert not at.chat_message  # a first question has no history yet
+    first = at.session_state["last_answer"]["result"]
+
+    at.text_area[0].input("Where was she born?")
+    _press(at, "Ask")
+    assert not at.exception and not at.error, _texts(at, "error")
+    result = at.session_state["last_answer"]["result"]
+    assert result.stats["standalone_question"] == "Where was Margaret Hale born?" and result.stats["turn"] == 1
+    assert any("asked as: Where was Margaret Hale born?" in c.value for c in at.caption)
+    user, assistant = at.chat_message  # the earlier turn, above the new answer
+    assert user.markdown[0].value == "How many sailors did Margaret Hale bring back?"
+    assert assistant.markdown[0].value == first.shown()

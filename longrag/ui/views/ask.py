@@ -1,4 +1,6 @@
-"""Ask: a question over chosen documents; the answer streams in, then evidence and timings."""
+"""Ask: a conversation over chosen documents. Each question is the next turn of the chosen
+document set's conversation (a follow-up is rewritten to stand alone by the API); the answer
+streams in, then evidence and timings; the turns before it are shown above."""
 
 from __future__ import annotations
 
@@ -27,12 +29,51 @@ def _options_help(options: dict[str, list[str]]) -> str:
             + ("Keys each mode reads — " + "; ".join(keys) + "." if keys else ""))
 
 
-def _stream_answer(question: str, doc_ids: list[str], mode: str, options: dict[str, Any] | None) -> QueryResult:
+def _conversation(doc_ids: list[str]) -> str:
+    """The conversation of this document set in this session (started on its first question)."""
+    key = ",".join(sorted(doc_ids)) or "*"
+    convs = st.session_state.setdefault("conversations", {})
+    if key not in convs:
+        convs[key] = client().create_conversation(doc_ids or None)
+    return convs[key]
+
+
+def _history(doc_ids: list[str], *, skip_last: bool = False) -> None:
+    """The earlier turns of the chosen document set's conversation, and a button to start over
+    (``skip_last``: the last turn is the answer shown below)."""
+    key = ",".join(sorted(doc_ids)) or "*"
+    cid = st.session_state.get("conversations", {}).get(key)
+    if cid is None:
+        return
+    try:
+        turns = client().conversation(cid)["turns"]
+    except APIError:
+        return
+    turns = turns[:-1] if skip_last else turns
+    if not turns:
+        return
+    head, button = st.columns([5, 1], vertical_alignment="center")
+    head.markdown("#### Conversation")
+    if button.button("New conversation", icon=":material/restart_alt:"):
+        st.session_state["conversations"].pop(key, None)
+        st.rerun()
+    for turn in turns:
+        with st.chat_message("user"):
+            st.markdown(turn["question"])
+            if turn["standalone_question"] != turn["question"]:
+                st.caption(f"asked as: {turn['standalone_question']}")
+        with st.chat_message("assistant"):
+            st.markdown(QueryResult.from_json(turn["answer"]).shown())
+
+
+def _stream_answer(question: str, doc_ids: list[str], mode: str, options: dict[str, Any] | None,
+                   conversation_id: str | None = None) -> QueryResult:
     """Show the answer token by token as the API streams it; returns the final result."""
     box = st.empty()
     shown = ""
     box.markdown("_waiting for the first token…_")
-    for item in client().stream_query(question, doc_ids=doc_ids or None, mode=mode, options=options):
+    for item in client().stream_query(question, doc_ids=doc_ids or None, mode=mode, options=options,
+                                      conversation_id=conversation_id):
         if isinstance(item, QueryResult):
             box.markdown(item.shown())
             return item
@@ -118,23 +159,31 @@ if asked:
     if not question.strip():
         st.warning("Type a question first.")
     else:
-        st.markdown("#### Answer")
         try:
+            cid = _conversation(chosen)
+            _history(chosen)
+            st.markdown("#### Answer")
             if stream:
                 with st.container(border=True):
-                    result = _stream_answer(question, chosen, mode, options)
+                    result = _stream_answer(question, chosen, mode, options, cid)
             else:
                 with st.spinner("Thinking…"):
-                    result = client().query(question, doc_ids=chosen or None, mode=mode, options=options)
+                    result = client().query(question, doc_ids=chosen or None, mode=mode, options=options,
+                                            conversation_id=cid)
                 with st.container(border=True):
                     st.markdown(result.shown())
         except APIError as exc:
             show_error(exc)
         else:
-            st.session_state["last_answer"] = {"question": question, "result": result, "radius": radius}
+            st.session_state["last_answer"] = {"question": question, "result": result, "radius": radius,
+                                               "doc_ids": chosen}
+            asked_as = result.stats.get("standalone_question")
+            if asked_as and asked_as != question.strip():
+                st.caption(f"asked as: {asked_as}")
             _result(result, titles, radius)
 elif "last_answer" in st.session_state:
     last = st.session_state["last_answer"]
+    _history(last.get("doc_ids") or [], skip_last=True)
     st.markdown("#### Answer")
     st.caption(f"Question: {last['question']}")
     with st.container(border=True):

@@ -1,0 +1,181 @@
+"""Conversations: follow-up questions over a document set, stored with their answers.
+
+A follow-up ("And where did he study?") is rewritten into a standalone question before
+retrieval, from the conversation so far (:func:`standalone_question`):
+
+1. A question without a pronoun that points back ("he", "she", "it", "they", "there", ...) is
+   already standalone.
+2. Otherwise the referent is taken from the last turn: the names of its (standalone) question
+   for a person pronoun ("he", "his", "they", ...), its answer for "it", "its" and "there"
+   (the thing or place the last answer named). A person pronoun after a question that named no
+   one points at the last answer ("Who found the letter?" "Mr. Utterson." "Where did he live?").
+3. Each pointing pronoun is replaced by its referent ("his" -> "Victor Frankenstein's",
+   "there" -> "in Ingolstadt"), and a leading "And" / "So" is dropped.
+
+The rewrite is shown in the answer's ``stats.standalone_question``. Turns are stored in the
+service's SQLite database with the whole answer JSON, so a conversation keeps what it cited
+even after a document is deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from longrag.errors import NotFoundError
+from longrag.services.store import open_db
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+  conversation_id TEXT PRIMARY KEY,
+  title TEXT,
+  doc_ids TEXT NOT NULL DEFAULT '[]',
+  created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS conversation_turns (
+  conversation_id TEXT NOT NULL,
+  idx INTEGER NOT NULL,
+  question TEXT NOT NULL,
+  standalone_question TEXT NOT NULL,
+  answer TEXT NOT NULL,
+  created_at REAL NOT NULL,
+  PRIMARY KEY (conversation_id, idx)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass
+class Turn:
+    question: str  # as the user asked it
+    standalone_question: str  # what retrieval and the decoder were given
+    answer: dict[str, Any]  # the answer JSON (``longrag ask --json``)
+    created_at: float
+
+
+@dataclass
+class Conversation:
+    conversation_id: str
+    title: str | None
+    doc_ids: list[str]  # empty: the whole collection
+    created_at: float
+    turns: list[Turn] = field(default_factory=list)
+
+    def public(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ConversationStore:
+    """Typed access to the ``conversations`` and ``conversation_turns`` tables."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = open_db(path, SCHEMA, foreign_keys=False)
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def create(self, doc_ids: Sequence[str] | None = None, title: str | None = None) -> Conversation:
+        conv = Conversation(uuid.uuid4().hex, title, list(doc_ids or []), time.time())
+        with self._tx() as c:
+            c.execute("INSERT INTO conversations (conversation_id, title, doc_ids, created_at) VALUES (?,?,?,?)",
+                      (conv.conversation_id, title, json.dumps(conv.doc_ids), conv.created_at))
+        return conv
+
+    def get(self, conversation_id: str) -> Conversation:
+        with self._lock:
+            row = self._conn.execute("SELECT title, doc_ids, created_at FROM conversations WHERE conversation_id=?",
+                                     (conversation_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no conversation with id {conversation_id!r}")
+            turns = self._conn.execute(
+                "SELECT question, standalone_question, answer, created_at FROM conversation_turns "
+                "WHERE conversation_id=? ORDER BY idx", (conversation_id,)).fetchall()
+        return Conversation(conversation_id, row[0], json.loads(row[1]), row[2],
+                            [Turn(q, s, json.loads(a), t) for q, s, a, t in turns])
+
+    def add_turn(self, conversation_id: str, question: str, standalone: str, answer: dict[str, Any]) -> int:
+        """Append a turn; returns its index (0 for the first)."""
+        with self._tx() as c:
+            if c.execute("SELECT 1 FROM conversations WHERE conversation_id=?", (conversation_id,)).fetchone() is None:
+                raise NotFoundError(f"no conversation with id {conversation_id!r}")
+            idx = c.execute("SELECT COUNT(*) FROM conversation_turns WHERE conversation_id=?",
+                            (conversation_id,)).fetchone()[0]
+            c.execute("INSERT INTO conversation_turns VALUES (?,?,?,?,?,?)",
+                      (conversation_id, idx, question, standalone, json.dumps(answer, ensure_ascii=False), time.time()))
+        return idx
+
+
+_stores: dict[str, ConversationStore] = {}
+_stores_lock = threading.Lock()
+
+
+def get_conversations(db_path: Path) -> ConversationStore:
+    """The per-process conversation store of a database file."""
+    with _stores_lock:
+        if str(db_path) not in _stores:
+            _stores[str(db_path)] = ConversationStore(db_path)
+        return _stores[str(db_path)]
+
+
+# -- follow-up rewriting ---------------------------------------------------------------------
+_PERSON = {"he": "", "him": "", "she": "", "they": "", "them": "", "his": "'s", "her": "", "their": "'s",
+           "hers": "'s", "theirs": "'s"}
+_THING = {"it": "", "its": "", "there": "in "}
+_POINTING = re.compile(r"\b(" + "|".join(sorted({*_PERSON, *_THING}, key=len, reverse=True)) + r")\b", re.I)
+_LEAD = re.compile(r"^\s*(and|so|then|also)\b[,\s]*", re.I)
+_NAME = re.compile(r"(?:(?:Mr|Mrs|Ms|Miss|Dr|St|Sir|Lady|Lord|Captain|Professor)\.?\s+)?"
+                   r"[A-Z][\w'’-]+(?:\s+(?:(?:de|of|van|von|the)\s+)?[A-Z][\w'’-]+)*")
+_QUESTION_WORDS = frozenset({"who", "whom", "whose", "what", "which", "where", "when", "why", "how", "is", "are",
+                             "was", "were", "does", "did", "do", "can", "in", "on", "at", "and", "the", "a", "an"})
+
+
+def names_in(text: str) -> list[str]:
+    """Capitalised names in ``text`` (titles kept, possessive ``'s`` and question words dropped)."""
+    out = []
+    for m in _NAME.finditer(text):
+        name = re.sub(r"['’]s$", "", m.group(0))
+        words = name.split()
+        while words and words[0].lower() in _QUESTION_WORDS:
+            words = words[1:]
+        if words:
+            out.append(" ".join(words))
+    return out
+
+
+def standalone_question(history: Sequence[Turn], question: str) -> str:
+    """The follow-up ``question`` rewritten to stand alone, given the conversation so far."""
+    if not history or not _POINTING.search(question):
+        return question.strip()
+    last = history[-1]
+    answer = (last.answer.get("answer") or "").strip().rstrip(".")
+    topic = next(iter(names_in(last.standalone_question)), None) or answer or None
+    person = topic if names_in(last.standalone_question) else (answer or topic)
+    thing = answer or topic
+
+    def swap(m: re.Match[str]) -> str:
+        word = m.group(1).lower()
+        if word in _PERSON and person:
+            return person + _PERSON[word]
+        if word in _THING and thing:
+            return _THING[word] + thing + ("'s" if word == "its" else "")
+        return m.group(0)
+
+    rewritten = _POINTING.sub(swap, _LEAD.sub("", question.strip()))
+    return rewritten[:1].upper() + rewritten[1:]
