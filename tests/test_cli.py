@@ -105,7 +105,7 @@ def test_cli_chat_rewrites_follow_ups_and_stores_the_conversation(tmp_path: Path
     env = {"LONGRAG_DECODER": str(tiny_decoder_dir), "LONGRAG_MAX_NEW_TOKENS": "4"}
     proc = subprocess.run([sys.executable, "-m", "longrag", "chat", "--doc", doc_id, "--json"], capture_output=True,
                           text=True, timeout=600, env={**os.environ, **env},
-                          input="Who worked with Ada Lovelace?\nWhat did she write?\n\nnot asked\n")
+                          input="What did Ada Lovelace publish?\nWhat did she write?\n\nnot asked\n")
     assert proc.returncode == 0, proc.stderr
     head, *answers = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(answers) == 2  # the empty line ends the chat

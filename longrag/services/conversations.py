@@ -5,10 +5,11 @@ retrieval, from the conversation so far (:func:`standalone_question`):
 
 1. A question without a pronoun that points back ("he", "she", "it", "they", "there", ...) is
    already standalone.
-2. Otherwise the referent is taken from the last turn: the names of its (standalone) question
-   for a person pronoun ("he", "his", "they", ...), its answer for "it", "its" and "there"
-   (the thing or place the last answer named). A person pronoun after a question that named no
-   one points at the last answer ("Who found the letter?" "Mr. Utterson." "Where did he live?").
+2. Otherwise the referent is taken from the last turn. A person pronoun ("he", "his", "they",
+   ...) points at the last answer when the last question asked for a person ("Who is the
+   captain of the Pequod?" "Ahab." "Which whale took off his leg?") or named no one, else at the
+   names of the last (standalone) question; "it", "its" and "there" point at the last answer
+   (the thing or place it named).
 3. Each pointing pronoun is replaced by its referent ("his" -> "Victor Frankenstein's",
    "there" -> "in Ingolstadt"), and a leading "And" / "So" is dropped.
 
@@ -139,6 +140,8 @@ _PERSON = {"he": "", "him": "", "she": "", "they": "", "them": "", "his": "'s", 
            "hers": "'s", "theirs": "'s"}
 _THING = {"it": "", "its": "", "there": "in "}
 _POINTING = re.compile(r"\b(" + "|".join(sorted({*_PERSON, *_THING}, key=len, reverse=True)) + r")\b", re.I)
+_ASKS_PERSON = re.compile(r"\s*(who|whom)\b", re.I)
+_POSSESSED = re.compile(r"\s+(?!(?:to|in|at|and|or|with|for|of|about|from|by|on|as|the|a|an|that|if|when)\b)[a-z]")
 _LEAD = re.compile(r"^\s*(and|so|then|also)\b[,\s]*", re.I)
 _NAME = re.compile(r"(?:(?:Mr|Mrs|Ms|Miss|Dr|St|Sir|Lady|Lord|Captain|Professor)\.?\s+)?"
                    r"[A-Z][\w'’-]+(?:\s+(?:(?:de|of|van|von|the)\s+)?[A-Z][\w'’-]+)*")
@@ -165,14 +168,16 @@ def standalone_question(history: Sequence[Turn], question: str) -> str:
         return question.strip()
     last = history[-1]
     answer = (last.answer.get("answer") or "").strip().rstrip(".")
-    topic = next(iter(names_in(last.standalone_question)), None) or answer or None
-    person = topic if names_in(last.standalone_question) else (answer or topic)
-    thing = answer or topic
+    named = names_in(last.standalone_question)
+    asked_person = bool(_ASKS_PERSON.match(last.standalone_question))
+    person = (answer if asked_person or not named else named[0]) or (named[0] if named else None)
+    thing = answer or (named[0] if named else None)
 
     def swap(m: re.Match[str]) -> str:
         word = m.group(1).lower()
         if word in _PERSON and person:
-            return person + _PERSON[word]
+            possessive = word == "her" and _POSSESSED.match(m.string, m.end()) is not None  # "her residence"
+            return person + ("'s" if possessive else _PERSON[word])
         if word in _THING and thing:
             return _THING[word] + thing + ("'s" if word == "its" else "")
         return m.group(0)

@@ -21,15 +21,24 @@ def _turn(question: str, answer: str, standalone: str | None = None) -> Turn:
 
 
 def test_follow_ups_are_rewritten_from_the_last_turn():
-    first = _turn("Who is Victor Frankenstein's closest friend?", "Henry Clerval")
-    assert standalone_question([first], "And where did he study?") == "Where did Victor Frankenstein study?"
-    assert standalone_question([first], "What was his mother's name?") == "What was Victor Frankenstein's mother's name?"
-    second = _turn("And where did he study?", "Ingolstadt", "Where did Victor Frankenstein study?")
-    assert standalone_question([first, second], "What did he build there?") == \
+    first = _turn("Where did Victor Frankenstein study?", "Ingolstadt")
+    assert standalone_question([first], "And what did he build there?") == \
         "What did Victor Frankenstein build in Ingolstadt?"
+    assert standalone_question([first], "What was his mother's name?") == "What was Victor Frankenstein's mother's name?"
+    # after a question for a person, the person is its answer
+    captain = _turn("Who is the captain of the Pequod?", "Ahab")
+    assert standalone_question([captain], "Which whale took off his leg?") == "Which whale took off Ahab's leg?"
+    patroness = _turn("Who is Mr. Collins's patroness?", "Lady Catherine de Bourgh")
+    assert standalone_question([patroness], "What is the name of her residence?") == \
+        "What is the name of Lady Catherine de Bourgh's residence?"
+    assert standalone_question([patroness], "Whom does Mr. Collins marry after visiting her?") == \
+        "Whom does Mr. Collins marry after visiting Lady Catherine de Bourgh?"
+    residence = _turn("What is the name of her residence?", "Rosings",
+                      "What is the name of Lady Catherine de Bourgh's residence?")
+    assert standalone_question([patroness, residence], "Who is her nephew?") == "Who is Lady Catherine de Bourgh's nephew?"
     # a question that named no one: the person is the last answer
-    assert standalone_question([_turn("Who found the letter?", "Mr. Utterson.")], "Where did he live?") == \
-        "Where did Mr. Utterson live?"
+    assert standalone_question([_turn("What was found in the safe?", "Mr. Utterson's will.")], "Where is it now?") == \
+        "Where is Mr. Utterson's will now?"
     # standalone questions and first questions pass through
     assert standalone_question([first], "Which ship picks up Ishmael?") == "Which ship picks up Ishmael?"
     assert standalone_question([first], "What is the name of the ship that sank?") == \
