@@ -40,6 +40,12 @@ class GenerationResult:
     total_ms: float
     tokens_per_s: float
     rejected: tuple[str, ...] = ()  # earlier answers ``generate(accept=...)`` turned down
+    logprobs: tuple[float, ...] = ()  # log-probability of each chosen token (how sure the decoder was)
+
+    @property
+    def confidence(self) -> float | None:
+        """exp(mean token log-probability) of the answer: 1.0 = every token certain; None: no tokens."""
+        return float(torch.tensor(self.logprobs).mean().exp()) if self.logprobs else None
 
 
 @torch.inference_mode()
@@ -97,6 +103,7 @@ def decode_loop(
     """
     stops = stop_token_ids(tokenizer)
     out: list[int] = []
+    logprobs: list[float] = []
     ttft = 0.0
     emitted = ""
     for i in range(max_new_tokens):
@@ -107,6 +114,7 @@ def decode_loop(
         if tid in stops:
             break
         out.append(tid)
+        logprobs.append(float(torch.log_softmax(logits.float().reshape(-1), dim=0)[tid]))
         if on_token is not None:
             text = tokenizer.decode(out, skip_special_tokens=True)
             if len(text) > len(emitted) and not text.endswith("\ufffd"):
@@ -120,7 +128,7 @@ def decode_loop(
     if on_token is not None and len(text) > len(emitted):
         on_token(text[len(emitted) :])
     tps = (len(out) - 1) / (decode_ms / 1000) if len(out) > 1 else 0.0
-    return GenerationResult(text.strip(), out, prompt_tokens, ttft, total, tps)
+    return GenerationResult(text.strip(), out, prompt_tokens, ttft, total, tps, logprobs=tuple(logprobs))
 
 
 def generate(

@@ -331,7 +331,8 @@ def plain_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
         ground(gen.text, passages, pipe.corpus, question=q.text),
         _timings(r_ms, gen, t0),
         {"passages": len(passages), "prompt_tokens": gen.prompt_tokens, "generated_tokens": len(gen.token_ids),
-         "rejected_answers": list(gen.rejected)},
+         "rejected_answers": list(gen.rejected),
+         "confidence": None if gen.confidence is None else round(gen.confidence, 4)},
         "plain",
     )
 

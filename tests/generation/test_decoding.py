@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -22,6 +23,12 @@ def test_greedy_matches_hf_generate_and_streams(tiny_decoder_dir):
     assert res.token_ids == ref
     assert "".join(pieces).strip() == res.text
     assert res.prompt_tokens == len(ids) and res.ttft_ms > 0 and res.total_ms >= res.ttft_ms
+    # each chosen token's log-probability under the model's own distribution at that step
+    with torch.inference_mode():
+        logits = model(torch.tensor([ids + res.token_ids])).logits[0, len(ids) - 1 : -1]
+    want = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(res.token_ids)[:, None])[:, 0]
+    assert torch.allclose(torch.tensor(res.logprobs), want, atol=1e-4)
+    assert res.confidence == pytest.approx(float(want.mean().exp()), abs=1e-4) and 0 < res.confidence <= 1
 
 
 def test_chunked_prefill_equals_single_pass(tiny_decoder_dir):
