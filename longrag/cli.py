@@ -239,6 +239,57 @@ def chat(
             typer.echo(f"  [{ev.doc_id} {ev.start}:{ev.end}] {ev.text[:200]!r}")
 
 
+def _lengths(spec: str) -> list[int]:
+    """``2k,4k,8192`` -> [2048, 4096, 8192]."""
+    out = []
+    for part in filter(None, (p.strip().lower() for p in spec.split(","))):
+        try:
+            out.append(int(float(part[:-1]) * 1024) if part.endswith("k") else int(part))
+        except ValueError:
+            raise InvalidRequestError(f"--lengths takes token counts like 2k,4k,8192; got {part!r}") from None
+    if not out or min(out) < 256:
+        raise InvalidRequestError("--lengths: each length must be at least 256 tokens")
+    return out
+
+
+@app.command("eval")
+def evaluate(
+    decoder: Annotated[Optional[str], typer.Option("--decoder", help="Registry name, hub id or path (default: LONGRAG_DECODER).")] = None,
+    modes: Annotated[str, typer.Option("--modes", help="Comma-separated: plain, full, full+sentencekv, rapid, cfic, refrag.")] =
+        "plain,full,full+sentencekv,rapid,cfic,refrag",
+    lengths: Annotated[str, typer.Option("--lengths", help="Document lengths in decoder tokens.")] = "2k,4k,8k,16k",
+    needles: Annotated[int, typer.Option("--needles", help="Needles (questions) per document, 1-12.")] = 12,
+    haystack: Annotated[Optional[Path], typer.Option("--haystack", help="A UTF-8 text to hide the needles in.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the JSON report here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report instead of the table.")] = False,
+) -> None:
+    """Every answer mode through the product path on needle documents (a temporary store, never
+    yours): accuracy, evidence hit, TTFT, decode speed, KV held, RAPID acceptance."""
+    from longrag.services.evaluation import run_eval
+
+    try:
+        sizes = _lengths(lengths)
+        chosen = [m.strip() for m in modes.split(",") if m.strip()]
+        total = len(sizes) * len(chosen) * needles
+        with typer.progressbar(length=total, label="longrag eval", file=sys.stderr) as bar:
+            last = {"n": 0}
+
+            def step(done: int, _total: int) -> None:
+                bar.update(done - last["n"])
+                last["n"] = done
+
+            report = run_eval(decoder=decoder, modes=chosen, lengths=sizes, needles=needles, haystack=haystack,
+                              progress=step)
+    except ValueError as exc:
+        _fail(InvalidRequestError(str(exc)))
+    except LongragError as exc:
+        _fail(exc)
+    body = report.to_dict()
+    if out is not None:
+        out.write_text(json.dumps(body, ensure_ascii=False, indent=1), encoding="utf-8")
+    typer.echo(json.dumps(body, ensure_ascii=False) if as_json else report.table())
+
+
 @app.command("prepare-models")
 def prepare_models(
     names: Annotated[Optional[list[str]], typer.Argument(help="Registry names (default: all bundled).")] = None,

@@ -1,0 +1,42 @@
+"""Every answer mode through the product path on needle documents (``longrag eval``'s code).
+
+    python -m bench.product [--decoder NAME] [--modes plain,full,...] [--lengths 2k,4k] [--needles 12]
+
+Writes ``bench/results/product_eval[-<decoder>].json`` and prints the table
+(``longrag/services/evaluation.py`` describes the documents and the measures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from bench.common import hardware, set_threads, write_result
+
+
+def main() -> None:
+    from longrag.cli import _lengths
+    from longrag.config import Settings
+    from longrag.services.evaluation import MODES, run_eval
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--decoder", default=None)
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--lengths", default="2k,4k,8k,16k")
+    ap.add_argument("--needles", type=int, default=12)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    set_threads(2)
+    hw = hardware()
+    report = run_eval(decoder=args.decoder, modes=args.modes.split(","), lengths=_lengths(args.lengths),
+                      needles=args.needles)
+    decoder = args.decoder or Settings().decoder
+    name = "product_eval" if args.decoder is None else f"product_eval-{decoder}"
+    write_result(name, {"setup": {"decoder": decoder, "command": "longrag eval / python -m bench.product",
+                                  "modes": args.modes, "lengths": args.lengths, "needles": args.needles},
+                        "hardware": hw, **report.to_dict()})
+    print(report.table())
+
+
+if __name__ == "__main__":
+    main()
