@@ -223,11 +223,13 @@ class LangChainPeer:
                 self.stores[d.key].save_local(str(cache))
         self.all = None
         if qaset.scope == "collection" or len(qaset.docs) > 1:
-            first, *rest = qaset.docs
-            self.all = FAISS.load_local(str(work / f"langchain-{qaset.name}" / first.key), emb,
-                                        allow_dangerous_deserialization=True)
-            for d in rest:
-                self.all.merge_from(self.stores[d.key])
+            # FAISS merge_from moves the vectors out of its argument: merge fresh copies, never
+            # the per-document stores (they would be left empty)
+            first, *rest = [FAISS.load_local(str(work / f"langchain-{qaset.name}" / d.key), emb,
+                                             allow_dangerous_deserialization=True) for d in qaset.docs]
+            self.all = first
+            for store in rest:
+                self.all.merge_from(store)
         self.decoder = decoder
 
     def __call__(self, item: Item, doc_key: str | None) -> dict:
