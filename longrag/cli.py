@@ -200,7 +200,9 @@ def chat(
     """Ask follow-up questions in a terminal, one per line (an empty line or end of input stops).
     Each follow-up is rewritten to stand alone from the turns before it; the conversation is
     stored like the REST API's and its id printed first."""
-    from longrag.services.conversations import get_conversations, standalone_question
+    import time
+
+    from longrag.services.conversations import Turn, get_conversations, standalone_question
     from longrag.services.qa import Question
     from longrag.services.runtime import get_pipeline
 
@@ -225,10 +227,8 @@ def chat(
         except LongragError as exc:
             typer.echo(f"error: {exc}", err=True)
             continue
-        result = answer.to_dict()
-        result["stats"]["standalone_question"] = standalone
-        result["stats"]["turn"] = store.add_turn(conv.conversation_id, line.strip(), standalone, result)
-        turns = store.get(conv.conversation_id).turns
+        result = store.record(conv.conversation_id, line.strip(), standalone, answer.to_dict())
+        turns.append(Turn(line.strip(), standalone, result, time.time()))
         if as_json:
             typer.echo(json.dumps(result, ensure_ascii=False))
             continue

@@ -386,9 +386,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             payload["doc_ids"] = [d for d in conv.doc_ids if st.corpus.store.exists(d)] or conv.doc_ids
 
         def store(result: dict[str, Any]) -> dict[str, Any]:
-            result = {**result, "stats": {**result.get("stats", {}), "standalone_question": standalone}}
-            result["stats"]["turn"] = st.conversations.add_turn(conversation_id, body.question, standalone, result)
-            return result
+            return st.conversations.record(conversation_id, body.question, standalone, result)
 
         return await _answer(st, payload, stream=body.stream, on_result=store)
 

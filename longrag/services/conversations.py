@@ -26,14 +26,14 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from longrag.errors import NotFoundError
-from longrag.services.store import open_db
+from longrag.services.store import immediate_transaction, open_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -81,16 +81,8 @@ class ConversationStore:
         self._conn = open_db(path, SCHEMA, foreign_keys=False)
         self._lock = threading.RLock()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate_transaction(self._conn, self._lock)
 
     def create(self, doc_ids: Sequence[str] | None = None, title: str | None = None) -> Conversation:
         conv = Conversation(uuid.uuid4().hex, title, list(doc_ids or []), time.time())
@@ -110,6 +102,13 @@ class ConversationStore:
                 "WHERE conversation_id=? ORDER BY idx", (conversation_id,)).fetchall()
         return Conversation(conversation_id, row[0], json.loads(row[1]), row[2],
                             [Turn(q, s, json.loads(a), t) for q, s, a, t in turns])
+
+    def record(self, conversation_id: str, question: str, standalone: str, answer: dict[str, Any]) -> dict[str, Any]:
+        """Store an answered question as the next turn; returns the answer JSON with
+        ``stats.standalone_question`` and ``stats.turn`` (its index, 0 for the first)."""
+        answer = {**answer, "stats": {**answer.get("stats", {}), "standalone_question": standalone}}
+        answer["stats"]["turn"] = self.add_turn(conversation_id, question, standalone, answer)
+        return answer
 
     def add_turn(self, conversation_id: str, question: str, standalone: str, answer: dict[str, Any]) -> int:
         """Append a turn; returns its index (0 for the first)."""

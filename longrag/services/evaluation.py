@@ -166,22 +166,20 @@ def needle_document(haystack: str, tokens: int, needles: Sequence[Needle], count
         acc += len(p) + 2
     starts.append(acc)
     slots = [min(range(1, len(starts)), key=lambda i: abs(starts[i] - d * acc)) for d in depths]
+    # depths rise with the needle's index, so slots do too: the needles go in in their own order
     parts: list[str] = []
     spans: list[tuple[int, int, float]] = []
-    pos = 0
-    pending = sorted(zip(slots, range(len(needles)), depths))
+    pos, j = 0, 0
     for i, p in enumerate(kept + [None]):
-        while pending and pending[0][0] == i:
-            _, j, d = pending.pop(0)
-            spans.append((pos, pos + len(needles[j].fact), d))
+        while j < len(needles) and slots[j] == i:
+            spans.append((pos, pos + len(needles[j].fact), depths[j]))
             parts.append(needles[j].fact)
             pos += len(needles[j].fact) + 2
+            j += 1
         if p is not None:
             parts.append(p)
             pos += len(p) + 2
-    order = sorted(range(len(needles)), key=lambda j: depths[j])
-    by_needle = [spans[order.index(j)] for j in range(len(needles))]
-    return "\n\n".join(parts) + "\n", by_needle
+    return "\n\n".join(parts) + "\n", spans
 
 
 def _row(label: str, length: int, j: int, span: tuple[int, int, float], needle: Needle, answer: Any) -> Row:

@@ -24,22 +24,21 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from longrag.config import Settings, get_settings
 from longrag.errors import InvalidRequestError, JobFinishedError, LongragError, NotFoundError
-from longrag.services.store import open_db
+from longrag.services.store import immediate_transaction, open_db
 
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
-ENDED = (SUCCEEDED, FAILED, CANCELLED)
 CANCELLABLE_KINDS = ("ingest", "batch")
 
 # Celery task names and their queues (`ingest` and `qa`).
@@ -142,16 +141,8 @@ class JobStore:
         self._conn = open_db(path, SCHEMA, foreign_keys=False)
         self._lock = threading.RLock()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate_transaction(self._conn, self._lock)
 
     def _row(self, row: tuple) -> Job:
         d = dict(zip([c.strip() for c in _COLS.split(",")], row))

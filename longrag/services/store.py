@@ -9,7 +9,8 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+import threading
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +103,20 @@ def open_db(path: Path, schema: str, *, foreign_keys: bool) -> sqlite3.Connectio
     return conn
 
 
+@contextmanager
+def immediate_transaction(conn: sqlite3.Connection, lock: threading.RLock | None = None) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` on ``conn`` (``ROLLBACK`` on any exception), holding
+    ``lock`` throughout when given (a connection shared by threads)."""
+    with lock if lock is not None else nullcontext():
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
 class Store:
     """Thin typed access to the SQLite database under the data directory."""
 
@@ -112,15 +127,8 @@ class Store:
     def close(self) -> None:
         self._conn.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate_transaction(self._conn)
 
     # -- documents -----------------------------------------------------------------------
     def doc_by_sha(self, sha256: str) -> DocumentInfo | None:

@@ -29,9 +29,14 @@ def _options_help(options: dict[str, list[str]]) -> str:
             + ("Keys each mode reads — " + "; ".join(keys) + "." if keys else ""))
 
 
+def _set_key(doc_ids: list[str]) -> str:
+    """A document set as the key of its conversation in the session ("*": all documents)."""
+    return ",".join(sorted(doc_ids)) or "*"
+
+
 def _conversation(doc_ids: list[str]) -> str:
     """The conversation of this document set in this session (started on its first question)."""
-    key = ",".join(sorted(doc_ids)) or "*"
+    key = _set_key(doc_ids)
     convs = st.session_state.setdefault("conversations", {})
     if key not in convs:
         convs[key] = client().create_conversation(doc_ids or None)
@@ -41,7 +46,7 @@ def _conversation(doc_ids: list[str]) -> str:
 def _history(doc_ids: list[str], *, skip_last: bool = False) -> None:
     """The earlier turns of the chosen document set's conversation, and a button to start over
     (``skip_last``: the last turn is the answer shown below)."""
-    key = ",".join(sorted(doc_ids)) or "*"
+    key = _set_key(doc_ids)
     cid = st.session_state.get("conversations", {}).get(key)
     if cid is None:
         return
