@@ -63,9 +63,11 @@ def text_of_tokens(tok: Any, text: str, start_char: int, n_tokens: int) -> str:
 # -- one method on one shared prefix ---------------------------------------------------------
 class Runner:
     def __init__(self, dec: Any, budget: int, ratio: float, sink: int, recent: int) -> None:
+        from bench import sentencekv_variants as peers  # registers the snapkv and streaming policies
         from longrag.generation import sentencekv as skv
 
         self.skv = skv
+        self.peers = peers
         self.dec = dec
         self.cfgs = {p: skv.SentenceKVConfig(budget=budget, retention_ratio=ratio, sink=sink, recent=recent,
                                              policy=p) for p in ("sentencekv", "snapkv", "streaming")}
@@ -85,11 +87,11 @@ class Runner:
         """(cache, logits) of ``method`` after the whole prompt."""
         model = self.dec.model
         if method == "full":
-            dc = prefix.to_dynamic()
+            dc = self.peers.to_dynamic(prefix)
             with torch.inference_mode():
                 out = model(input_ids=torch.tensor([ids[-self.tail:]]), cache=dc, use_cache=True, logits_to_keep=1)
             return dc, out.logits[:, -1, :]
-        cache = prefix.fork(self.cfgs[method])
+        cache = self.peers.fork(prefix, self.cfgs[method])
         cache.timing = True
         return cache, self.skv.feed_prompt(model, cache, ids[-self.tail:])
 

@@ -63,7 +63,7 @@ class KVPrompt:
     t0: float  # perf_counter when preparation began
 
     def state(self, model: Any) -> skv.SentenceKVState:
-        """The prompt as a speculative-decoding target (generation/rapid.py)."""
+        """The prompt as a speculative-decoding target (longrag.generation.rapid)."""
         return skv.SentenceKVState(model, self.cache, self.ids, self.logits[-1])
 
 

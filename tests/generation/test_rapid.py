@@ -369,6 +369,15 @@ def test_different_tokenizers_are_refused(tiny, tmp_path):
     check_same_tokenizer(tok, AutoTokenizer.from_pretrained(tok.name_or_path))
 
 
+def test_every_drafter_has_what_the_loop_calls():
+    from longrag.generation.rapid import Drafter
+
+    wanted = {name for name in vars(Drafter) if not name.startswith("_")}
+    assert wanted == {"propose", "observe"}
+    for cls in (LMDrafter, NgramDrafter, HybridDrafter):
+        assert all(callable(getattr(cls, name, None)) for name in wanted), cls
+
+
 def test_ngram_drafter_copies_from_reference():
     d = NgramDrafter([5, 6, 7, 8, 9, 6, 7, 1, 2], max_ngram=2)
     assert d.propose([6, 7], 3).tokens == [1, 2]  # most recent match of the bigram
