@@ -25,11 +25,15 @@ setup: $(STAMP) models
 models: $(STAMP)
 	LONGRAG_MODEL_CACHE=$(LONGRAG_MODEL_CACHE) $(BIN)/longrag prepare-models
 
-# Debian's Chromium for the browser test (Playwright drives /usr/bin/chromium).
+# Debian's Chromium for the browser test (Playwright drives /usr/bin/chromium) and PostgreSQL's
+# server for the shared-database tests (they start their own server in a temporary folder).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
-	@if ! command -v chromium >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi; \
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 run: setup

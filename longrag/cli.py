@@ -39,6 +39,18 @@ def _options(pairs: list[str]) -> dict:
     return out
 
 
+def _check_database() -> None:
+    """Open the configured database now: a wrong URL, password or schema version stops a
+    server or worker at start with a clear error instead of failing its first request."""
+    from longrag.config import get_settings
+    from longrag.services.db import open_database
+
+    try:
+        open_database(get_settings())
+    except LongragError as exc:
+        _fail(exc)
+
+
 def _emit(obj, as_json: bool, human) -> None:
     if as_json:
         typer.echo(json.dumps(obj, ensure_ascii=False, indent=None))
@@ -207,7 +219,7 @@ def chat(
     from longrag.services.runtime import get_pipeline
 
     pipe = get_pipeline()
-    store = get_conversations(pipe.settings.db_path)
+    store = get_conversations(pipe.settings)
     try:
         conv = store.get(conversation) if conversation else store.create(pipe.corpus.check_docs(doc) or [])
     except LongragError as exc:
@@ -290,6 +302,40 @@ def evaluate(
     typer.echo(json.dumps(body, ensure_ascii=False) if as_json else report.table())
 
 
+@app.command()
+def migrate(
+    source: Annotated[Optional[str], typer.Option("--from", help="Database URL to copy from (sqlite:///path or postgresql://...).")] = None,
+    target: Annotated[Optional[str], typer.Option("--to", help="Database URL to copy into.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Bring the configured database's schema up to date; with --from and --to, copy a whole
+    store between databases (resumable, verified by counts and hashes)."""
+    from longrag.config import get_settings
+    from longrag.services.db import connect, database_url
+    from longrag.services.migrate import copy_store
+    from longrag.services.schema import LATEST, version
+
+    try:
+        if source is None and target is None:
+            db = connect(database_url(get_settings()))
+            _emit({"database": db.url, "schema_version": version(db), "latest": LATEST}, as_json,
+                  lambda o: typer.echo(f"{o['database']}: schema version {o['schema_version']}"))
+            return
+        if not source or not target:
+            raise InvalidRequestError("give both --from and --to (or neither, to upgrade the configured database)")
+        src, dst = connect(source), connect(target)
+        report = copy_store(src, dst, progress=lambda n, total: log.info("document %d of %d", n, total))
+    except LongragError as exc:
+        _fail(exc)
+    out = {"from": src.url, "to": dst.url, "copied_documents": report.copied_documents,
+           "skipped_documents": report.skipped_documents, "verified": report.verified,
+           "counts": {t: {"source": s, "target": d} for t, (s, d) in report.counts.items()}}
+    _emit(out, as_json, lambda o: typer.echo(f"copied {o['copied_documents']} documents "
+                                             f"({o['skipped_documents']} already there); verified: {o['verified']}"))
+    if not report.verified:
+        raise typer.Exit(code=1)
+
+
 @app.command("prepare-models")
 def prepare_models(
     names: Annotated[Optional[list[str]], typer.Argument(help="Registry names (default: all bundled).")] = None,
@@ -341,6 +387,7 @@ def serve(
     """Run the REST API (uvicorn). With LONGRAG_BROKER_URL set it only talks to workers."""
     import uvicorn
 
+    _check_database()
     uvicorn.run("longrag.services.api:create_app", factory=True, host=host, port=port, log_level=log_level)
 
 
@@ -367,6 +414,7 @@ def worker(
         typer.echo(f"error: unknown queue(s) {unknown}; choose from ingest, qa", err=True)
         raise typer.Exit(code=2)
     pool = pool or ("solo" if concurrency == 1 else "prefork")
+    _check_database()
     from longrag.workers import tasks
 
     if pool == "prefork":

@@ -114,7 +114,7 @@ class Settings(BaseSettings):
     rapid_min_ngram: int = 1  # shortest n-gram match drafted from (2 measured slower at 8k: bench/rapid.py)
     # hybrid / ngram drafter: draft length, "cost" (the length with the most expected tokens per unit of
     # drafting + verification cost, all learnt while decoding, 0 = a plain target step; n-gram drafts,
-    # and the hybrid's LLM drafts: generation/rapid.py DraftLength) | "fixed" (n-gram: as long as the
+    # and the hybrid's LLM drafts: generation/rapid/draft_length.py DraftLength) | "fixed" (n-gram: as long as the
     # match, LLM: up to gamma with the confidence stop)
     rapid_draft_length: str = "cost"
     rapid_verify_slope: float = 0.15  # DraftLength's prior: extra verification cost per drafted token, in steps
@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     model_cache: Path | None = None  # where dequantized models are cached (default: data_dir/models)
 
     broker_url: str | None = None
+    # None: the embedded SQLite file under data_dir; postgresql://user:pass@host/db: a shared
+    # PostgreSQL server (API and worker hosts then share no disk; docs/service.md)
+    database_url: str | None = None
     api_key: str | None = None
 
     # Service and workers (docs/service.md)

@@ -71,3 +71,11 @@ class UnauthorizedError(LongragError):
 class WorkerError(LongragError):
     code = "worker_error"
     http_status = 500
+
+
+class DatabaseError(LongragError):
+    """The database cannot be used: unreachable, wrong credentials, or a schema this version
+    does not know."""
+
+    code = "database_error"
+    http_status = 503

@@ -42,3 +42,30 @@ def datasets() -> Path:
     if not DATASETS.exists():
         pytest.skip("../shared/datasets is not present")
     return DATASETS
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server of the test session's own (tests/pg_helpers.py)."""
+    from pg_helpers import PostgresServer
+
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def each_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, data_dir: Path):
+    """Runs a test once on the embedded SQLite store and once on a fresh PostgreSQL database
+    (``LONGRAG_DATABASE_URL``). Modules opt in with ``pytestmark = pytest.mark.usefixtures("each_backend")``."""
+    from longrag.config import get_settings
+    from longrag.services.db import close_all
+
+    if request.param == "postgresql":
+        monkeypatch.setenv("LONGRAG_DATABASE_URL", request.getfixturevalue("postgres").create_database())
+    else:
+        monkeypatch.delenv("LONGRAG_DATABASE_URL", raising=False)
+    get_settings.cache_clear()
+    yield request.param
+    close_all()
+    get_settings.cache_clear()

@@ -14,7 +14,7 @@ retrieval, from the conversation so far (:func:`standalone_question`):
    "there" -> "in Ingolstadt"), and a leading "And" / "So" is dropped.
 
 The rewrite is shown in the answer's ``stats.standalone_question``. Turns are stored in the
-service's SQLite database with the whole answer JSON, so a conversation keeps what it cited
+service's database with the whole answer JSON, so a conversation keeps what it cited
 even after a document is deleted.
 """
 
@@ -22,37 +22,16 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from longrag.errors import NotFoundError
-from longrag.services.store import immediate_transaction, open_db
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS conversations (
-  conversation_id TEXT PRIMARY KEY,
-  title TEXT,
-  doc_ids TEXT NOT NULL DEFAULT '[]',
-  created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS conversation_turns (
-  conversation_id TEXT NOT NULL,
-  idx INTEGER NOT NULL,
-  question TEXT NOT NULL,
-  standalone_question TEXT NOT NULL,
-  answer TEXT NOT NULL,
-  created_at REAL NOT NULL,
-  PRIMARY KEY (conversation_id, idx)
-) WITHOUT ROWID;
-"""
-
+from longrag.services.db import Database, Executor, open_database
 
 @dataclass
 class Turn:
@@ -77,12 +56,12 @@ class Conversation:
 class ConversationStore:
     """Typed access to the ``conversations`` and ``conversation_turns`` tables."""
 
-    def __init__(self, path: Path) -> None:
-        self._conn = open_db(path, SCHEMA, foreign_keys=False)
-        self._lock = threading.RLock()
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._conn = db
 
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        return immediate_transaction(self._conn, self._lock)
+    def _tx(self) -> AbstractContextManager[Executor]:
+        return self._conn.transaction()
 
     def create(self, doc_ids: Sequence[str] | None = None, title: str | None = None) -> Conversation:
         conv = Conversation(uuid.uuid4().hex, title, list(doc_ids or []), time.time())
@@ -92,14 +71,13 @@ class ConversationStore:
         return conv
 
     def get(self, conversation_id: str) -> Conversation:
-        with self._lock:
-            row = self._conn.execute("SELECT title, doc_ids, created_at FROM conversations WHERE conversation_id=?",
-                                     (conversation_id,)).fetchone()
-            if row is None:
-                raise NotFoundError(f"no conversation with id {conversation_id!r}")
-            turns = self._conn.execute(
-                "SELECT question, standalone_question, answer, created_at FROM conversation_turns "
-                "WHERE conversation_id=? ORDER BY idx", (conversation_id,)).fetchall()
+        row = self._conn.execute("SELECT title, doc_ids, created_at FROM conversations WHERE conversation_id=?",
+                                 (conversation_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no conversation with id {conversation_id!r}")
+        turns = self._conn.execute(
+            "SELECT question, standalone_question, answer, created_at FROM conversation_turns "
+            "WHERE conversation_id=? ORDER BY idx", (conversation_id,)).fetchall()
         return Conversation(conversation_id, row[0], json.loads(row[1]), row[2],
                             [Turn(q, s, json.loads(a), t) for q, s, a, t in turns])
 
@@ -117,7 +95,8 @@ class ConversationStore:
                 raise NotFoundError(f"no conversation with id {conversation_id!r}")
             idx = c.execute("SELECT COUNT(*) FROM conversation_turns WHERE conversation_id=?",
                             (conversation_id,)).fetchone()[0]
-            c.execute("INSERT INTO conversation_turns VALUES (?,?,?,?,?,?)",
+            c.execute("INSERT INTO conversation_turns (conversation_id, idx, question, standalone_question, answer, "
+                      "created_at) VALUES (?,?,?,?,?,?)",
                       (conversation_id, idx, question, standalone, json.dumps(answer, ensure_ascii=False), time.time()))
         return idx
 
@@ -126,12 +105,14 @@ _stores: dict[str, ConversationStore] = {}
 _stores_lock = threading.Lock()
 
 
-def get_conversations(db_path: Path) -> ConversationStore:
-    """The per-process conversation store of a database file."""
+def get_conversations(settings: Any) -> ConversationStore:
+    """The per-process conversation store of the configured database."""
+    db = open_database(settings)
     with _stores_lock:
-        if str(db_path) not in _stores:
-            _stores[str(db_path)] = ConversationStore(db_path)
-        return _stores[str(db_path)]
+        store = _stores.get(db.url)
+        if store is None or store.db is not db:
+            store = _stores[db.url] = ConversationStore(db)
+        return store
 
 
 # -- follow-up rewriting ---------------------------------------------------------------------

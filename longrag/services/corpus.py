@@ -1,13 +1,14 @@
 """The document corpus: ingest, list, show, delete and search, with index and metadata in step.
 
-SQLite holds documents, sentences, chunks and vectors; one FAISS file per vector kind is a
-cache of the ``vectors`` table. Writers hold a cross-process file lock; every write bumps a
-generation counter so other processes (API, workers) reload their indexes before searching.
+The database (SQLite or PostgreSQL, :mod:`longrag.services.db`) holds documents, sentences,
+chunks and vectors; one FAISS file per vector kind under this host's data dir is a cache of the
+``vectors`` table, stamped with the database generation it reflects. Writers hold the
+database's write lock (across processes and hosts); every write bumps the generation so other
+processes and hosts reload or rebuild their indexes before searching.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import shutil
@@ -29,6 +30,7 @@ from longrag.retrieval.links import TitleLinks, link_hop
 from longrag.retrieval.parse import parse_bytes
 from longrag.retrieval.segment import split_sentences
 from longrag.retrieval.types import Chunk, Hit, Sentence
+from longrag.services.db import open_database
 from longrag.services.store import DocumentInfo, Store
 
 log = logging.getLogger(__name__)
@@ -92,7 +94,7 @@ class Corpus:
 
     def __post_init__(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(self.settings.db_path)
+        self.store = Store(open_database(self.settings))
         self._embedder: Embedder | None = None
         self._indexes: dict[str, tuple[int, VectorIndex]] = {}
         self._mutex = threading.RLock()
@@ -119,16 +121,23 @@ class Corpus:
 
     @contextmanager
     def _write_lock(self) -> Iterator[None]:
-        lock_path = self.settings.data_dir / ".write.lock"
-        with self._mutex, open(lock_path, "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with self._mutex, self.store.write_lock():
+            yield
 
     def _index_path(self, kind: str) -> Path:
         return self.settings.data_dir / "index" / f"{kind}.faiss"
+
+    def _index_generation(self, kind: str) -> int | None:
+        """The database generation this host's index file of ``kind`` reflects (None: unknown)."""
+        try:
+            return int(self._index_path(kind).with_suffix(".gen").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _save_index(self, index: VectorIndex, kind: str, generation: int) -> None:
+        path = self._index_path(kind)
+        index.save(path)
+        path.with_suffix(".gen").write_text(str(generation))
 
     def index(self, kind: str = "chunk") -> VectorIndex:
         """The FAISS index of one vector kind, reloaded or rebuilt when it is stale."""
@@ -143,9 +152,10 @@ class Corpus:
 
     def _load_or_rebuild(self, kind: str) -> VectorIndex:
         path = self._index_path(kind)
+        generation = self.store.generation()
         expected = self.store.count_vectors(kind)
         dim = self.embedder.dim
-        if path.exists():
+        if path.exists() and self._index_generation(kind) == generation:
             try:
                 index = VectorIndex.load(path, dim)
                 if index.ntotal == expected:
@@ -153,11 +163,13 @@ class Corpus:
                 log.warning("index %s has %d vectors, store has %d: rebuilding", kind, index.ntotal, expected)
             except (RuntimeError, ValueError) as exc:
                 log.warning("index %s unreadable (%s): rebuilding", kind, exc)
+        elif path.exists():
+            log.info("index %s is behind the database (generation %s): rebuilding", kind, generation)
         index = VectorIndex(dim)
         ids, vecs = self.store.vectors(kind)
         if len(ids):
             index.add(ids, vecs)
-        index.save(path)
+        self._save_index(index, kind, generation)
         return index
 
     # -- ingestion ---------------------------------------------------------------------------
@@ -243,23 +255,24 @@ class Corpus:
         return self.ingest_bytes(path.read_bytes(), path.name, progress=progress)
 
     def _apply_to_indexes(self, change: Callable[[VectorIndex, str], object], kinds: Sequence[str] | dict) -> None:
-        """Apply a change to each kind's index file (already committed in SQLite)."""
-        for kind in kinds:
-            index = self._load_raw(kind)
-            change(index, kind)
-            index.save(self._index_path(kind))
-            self._indexes[kind] = (self.store.generation(), index)
+        """Apply a change (already committed, under the write lock) to each kind's index file.
 
-    def _load_raw(self, kind: str) -> VectorIndex:
-        # The file lags the store by exactly this change. If it was stale already, its count
-        # will disagree with the store and index() rebuilds it from SQLite on the next read.
-        path = self._index_path(kind)
-        if path.exists():
-            try:
-                return VectorIndex.load(path, self.embedder.dim)
-            except (RuntimeError, ValueError):
-                pass
-        return VectorIndex(self.embedder.dim)
+        The file is changed in place when it reflects the generation just before this write;
+        one that lags further (another host wrote meanwhile) is rebuilt from the database."""
+        generation = self.store.generation()
+        for kind in kinds:
+            path = self._index_path(kind)
+            index = None
+            if path.exists() and self._index_generation(kind) == generation - 1:
+                try:
+                    index = VectorIndex.load(path, self.embedder.dim)
+                    change(index, kind)
+                    self._save_index(index, kind, generation)
+                except (RuntimeError, ValueError):
+                    index = None
+            if index is None:
+                index = self._load_or_rebuild(kind)
+            self._indexes[kind] = (generation, index)
 
     # -- reading -----------------------------------------------------------------------------
     def list(self) -> list[DocumentInfo]:

@@ -1,8 +1,8 @@
 """Jobs: their records, the service functions the workers run, and how work is dispatched.
 
-Job records live in a ``jobs`` table of the same SQLite database as the corpus, so the API and
-every worker on one host (or on hosts sharing the data volume) see one truth. Uploaded bytes
-wait under ``<data_dir>/uploads/<sha256>`` until a worker ingests them.
+Job records live in a ``jobs`` table of the same database as the corpus (SQLite, or PostgreSQL
+when API and worker hosts share no disk), so the API and every worker see one truth. Uploaded
+bytes wait in its ``uploads`` table until a worker, on any host, ingests them.
 
 The service functions here (:func:`run_ingest`, :func:`run_question`, :func:`run_batch`,
 :func:`run_batch_item`, :func:`run_delete`, :func:`run_reindex`) are what the Celery tasks in
@@ -20,7 +20,6 @@ import logging
 import os
 import queue
 import socket
-import sqlite3
 import threading
 import time
 import uuid
@@ -33,7 +32,7 @@ from typing import Any, Protocol
 
 from longrag.config import Settings, get_settings
 from longrag.errors import InvalidRequestError, JobFinishedError, LongragError, NotFoundError
-from longrag.services.store import immediate_transaction, open_db
+from longrag.services.db import DB_ERRORS, Database, Executor, open_database
 
 log = logging.getLogger(__name__)
 
@@ -52,39 +51,6 @@ QUEUE_OF: dict[str, str] = {
     TASK_INGEST: "ingest", TASK_DELETE: "ingest", TASK_REINDEX: "ingest",
     TASK_QUESTION: "qa", TASK_BATCH: "qa", TASK_BATCH_ITEM: "qa",
 }
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-  job_id TEXT PRIMARY KEY,
-  kind TEXT NOT NULL,
-  state TEXT NOT NULL,
-  progress REAL NOT NULL DEFAULT 0,
-  stage TEXT,
-  error TEXT,
-  error_code TEXT,
-  doc_id TEXT,
-  sha256 TEXT,
-  n_bytes INTEGER NOT NULL DEFAULT 0,
-  payload TEXT,
-  history TEXT NOT NULL DEFAULT '[]',
-  worker TEXT,
-  attempts INTEGER NOT NULL DEFAULT 0,
-  created_at REAL NOT NULL,
-  started_at REAL,
-  finished_at REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(kind, state);
-CREATE INDEX IF NOT EXISTS jobs_sha ON jobs(sha256);
-CREATE TABLE IF NOT EXISTS batch_items (
-  job_id TEXT NOT NULL,
-  idx INTEGER NOT NULL,
-  question TEXT NOT NULL,
-  result TEXT,
-  worker TEXT,
-  PRIMARY KEY (job_id, idx)
-) WITHOUT ROWID;
-"""
-
 
 def worker_id() -> str:
     """This process, as it appears in job records: ``pid@host``."""
@@ -136,13 +102,12 @@ _COLS = ("job_id, kind, state, progress, stage, error, error_code, doc_id, n_byt
 class JobStore:
     """Typed access to the ``jobs`` and ``batch_items`` tables (thread-safe, multi-process)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._conn = open_db(path, SCHEMA, foreign_keys=False)
-        self._lock = threading.RLock()
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._conn = db
 
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        return immediate_transaction(self._conn, self._lock)
+    def _tx(self) -> AbstractContextManager[Executor]:
+        return self.db.transaction()
 
     def _row(self, row: tuple) -> Job:
         d = dict(zip([c.strip() for c in _COLS.split(",")], row))
@@ -166,8 +131,7 @@ class JobStore:
         return self.get(job_id)
 
     def get(self, job_id: str) -> Job:
-        with self._lock:
-            row = self._conn.execute(f"SELECT {_COLS} FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        row = self._conn.execute(f"SELECT {_COLS} FROM jobs WHERE job_id=?", (job_id,)).fetchone()
         if row is None:
             raise NotFoundError(f"no job with id {job_id!r}")
         return self._row(row)
@@ -180,8 +144,7 @@ class JobStore:
                 where.append(f"{col}=?")
                 args.append(val)
         sql = f"SELECT {_COLS} FROM jobs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created_at"
-        with self._lock:
-            return [self._row(r) for r in self._conn.execute(sql, args)]
+        return [self._row(r) for r in self._conn.execute(sql, args)]
 
     def start(self, job_id: str) -> Job:
         """Mark a job running (again, when a job is re-delivered) by this process; a succeeded
@@ -215,8 +178,7 @@ class JobStore:
         return self.get(job_id)
 
     def cancelled(self, job_id: str) -> bool:
-        with self._lock:
-            row = self._conn.execute("SELECT state FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        row = self._conn.execute("SELECT state FROM jobs WHERE job_id=?", (job_id,)).fetchone()
         return row is not None and row[0] == CANCELLED
 
     def progress(self, job_id: str, stage: str, fraction: float) -> None:
@@ -250,34 +212,30 @@ class JobStore:
                       (QUEUED, message, job_id, RUNNING))
 
     def counts(self) -> dict[tuple[str, str], int]:
-        with self._lock:
-            rows = self._conn.execute("SELECT kind, state, COUNT(*) FROM jobs GROUP BY kind, state").fetchall()
+        rows = self._conn.execute("SELECT kind, state, COUNT(*) FROM jobs GROUP BY kind, state").fetchall()
         return {(k, s): n for k, s, n in rows}
 
     def ingest_totals(self) -> tuple[int, int, float]:
         """(documents ingested by jobs, their bytes, seconds spent) over succeeded ingest jobs."""
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT COUNT(*), COALESCE(SUM(n_bytes),0), COALESCE(SUM(finished_at-started_at),0) FROM jobs "
-                "WHERE kind='ingest' AND state='succeeded' AND started_at IS NOT NULL"
-            ).fetchone()
+        row = self._conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(n_bytes),0), COALESCE(SUM(finished_at-started_at),0) FROM jobs "
+            "WHERE kind='ingest' AND state='succeeded' AND started_at IS NOT NULL"
+        ).fetchone()
         return int(row[0]), int(row[1]), float(row[2])
 
     # -- batch items ------------------------------------------------------------------------
     def add_items(self, job_id: str, questions: list[dict[str, Any]]) -> None:
         with self._tx() as c:
-            c.executemany("INSERT OR IGNORE INTO batch_items (job_id, idx, question) VALUES (?,?,?)",
+            c.executemany("INSERT INTO batch_items (job_id, idx, question) VALUES (?,?,?) ON CONFLICT DO NOTHING",
                           [(job_id, i, json.dumps(q)) for i, q in enumerate(questions)])
 
     def pending_items(self, job_id: str) -> list[int]:
-        with self._lock:
-            return [r[0] for r in self._conn.execute(
-                "SELECT idx FROM batch_items WHERE job_id=? AND result IS NULL ORDER BY idx", (job_id,))]
+        return [r[0] for r in self._conn.execute(
+            "SELECT idx FROM batch_items WHERE job_id=? AND result IS NULL ORDER BY idx", (job_id,))]
 
     def item(self, job_id: str, idx: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        with self._lock:
-            row = self._conn.execute("SELECT question, result FROM batch_items WHERE job_id=? AND idx=?",
-                                     (job_id, idx)).fetchone()
+        row = self._conn.execute("SELECT question, result FROM batch_items WHERE job_id=? AND idx=?",
+                                 (job_id, idx)).fetchone()
         if row is None:
             raise NotFoundError(f"batch {job_id!r} has no item {idx}")
         return json.loads(row[0]), (json.loads(row[1]) if row[1] else None)
@@ -301,9 +259,21 @@ class JobStore:
         return True
 
     def results(self, job_id: str) -> list[dict[str, Any] | None]:
-        with self._lock:
-            return [json.loads(r[0]) if r[0] else None for r in self._conn.execute(
-                "SELECT result FROM batch_items WHERE job_id=? ORDER BY idx", (job_id,))]
+        return [json.loads(r[0]) if r[0] else None for r in self._conn.execute(
+            "SELECT result FROM batch_items WHERE job_id=? ORDER BY idx", (job_id,))]
+
+
+    # -- uploads: bytes waiting for their ingest job ------------------------------------------
+    def put_upload(self, sha256: str, data: bytes) -> None:
+        self._conn.execute("INSERT INTO uploads (sha256, data, created_at) VALUES (?,?,?) ON CONFLICT DO NOTHING",
+                           (sha256, data, time.time()))
+
+    def upload(self, sha256: str) -> bytes | None:
+        row = self._conn.execute("SELECT data FROM uploads WHERE sha256=?", (sha256,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def drop_upload(self, sha256: str) -> None:
+        self._conn.execute("DELETE FROM uploads WHERE sha256=?", (sha256,))
 
 
 _stores: dict[str, JobStore] = {}
@@ -311,30 +281,23 @@ _stores_lock = threading.Lock()
 
 
 def get_jobs(settings: Settings | None = None) -> JobStore:
-    """The per-process job store of a data directory."""
-    settings = settings or get_settings()
-    key = str(settings.db_path)
+    """The per-process job store of the configured database."""
+    db = open_database(settings or get_settings())
     with _stores_lock:
-        if key not in _stores:
-            _stores[key] = JobStore(settings.db_path)
-        return _stores[key]
+        store = _stores.get(db.url)
+        if store is None or store.db is not db:
+            store = _stores[db.url] = JobStore(db)
+        return store
 
 
 # -- uploads --------------------------------------------------------------------------------
-def upload_path(settings: Settings, sha256: str) -> Path:
-    return settings.data_dir / "uploads" / sha256
+def save_upload(settings: Settings, data: bytes, sha256: str) -> None:
+    """Keep uploaded bytes in the database, where a worker on any host reads them."""
+    get_jobs(settings).put_upload(sha256, data)
 
 
-def save_upload(settings: Settings, data: bytes, sha256: str) -> Path:
-    """Write uploaded bytes atomically where any worker sharing the data volume can read them."""
-    path = upload_path(settings, sha256)
-    if path.exists() and path.stat().st_size == len(data):
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
+def read_upload(settings: Settings, sha256: str) -> bytes | None:
+    return get_jobs(settings).upload(sha256)
 
 
 # -- token channel: how a worker's streamed tokens reach the API ------------------------------
@@ -417,7 +380,7 @@ def run_ingest(settings: Settings, job_id: str) -> dict[str, Any]:
     if job.state == SUCCEEDED:
         return {"doc_id": job.doc_id, "created": False}
     if job.state == CANCELLED:
-        _drop_upload(settings, job.payload["sha256"])
+        _drop_upload(jobs, job_id, job.payload["sha256"])
         return {"doc_id": None, "cancelled": True}
     jobs.start(job_id)
     corpus = get_corpus(settings)
@@ -425,10 +388,10 @@ def run_ingest(settings: Settings, job_id: str) -> dict[str, Any]:
     existing = corpus.store.doc_by_sha(sha)
     if existing is not None:
         jobs.succeed(job_id, doc_id=existing.doc_id)
-        _drop_upload(settings, sha)
+        _drop_upload(jobs, job_id, sha)
         return {"doc_id": existing.doc_id, "created": False}
-    path = upload_path(settings, sha)
-    if not path.exists():
+    data = read_upload(settings, sha)
+    if data is None:
         jobs.fail(job_id, "upload_missing", "the uploaded bytes are gone (upload again)")
         return {"doc_id": None, "created": False}
     last = {"stage": None, "p": -1.0}
@@ -441,17 +404,17 @@ def run_ingest(settings: Settings, job_id: str) -> dict[str, Any]:
             jobs.progress(job_id, stage, fraction)
 
     try:
-        result = corpus.ingest_bytes(path.read_bytes(), job.payload.get("filename"),
+        result = corpus.ingest_bytes(data, job.payload.get("filename"),
                                      title=job.payload.get("title"), progress=progress)
     except _Cancelled as stop:
-        _drop_upload(settings, sha)
+        _drop_upload(jobs, job_id, sha)
         log.info("ingest %s cancelled before %s", job_id, stop)
         return {"doc_id": None, "cancelled": True}
     except LongragError as exc:
         jobs.fail(job_id, exc.code, str(exc))
-        _drop_upload(settings, sha)
+        _drop_upload(jobs, job_id, sha)
         return {"doc_id": None, "error": error_dict(exc)}
-    _drop_upload(settings, sha)
+    _drop_upload(jobs, job_id, sha)
     if not jobs.succeed(job_id, doc_id=result.doc_id):  # cancelled after the commit: take it back whole
         if result.created:
             corpus.delete(result.doc_id)
@@ -467,11 +430,11 @@ class _Cancelled(Exception):
     """Raised from the progress callback to stop a cancelled ingest."""
 
 
-def _drop_upload(settings: Settings, sha: str) -> None:
-    try:
-        upload_path(settings, sha).unlink()
-    except FileNotFoundError:
-        pass
+def _drop_upload(jobs: JobStore, job_id: str, sha: str) -> None:
+    """Remove the bytes ``job_id`` waited for, unless another live ingest job waits for them too."""
+    waiting = [j for j in jobs.find(kind="ingest", sha256=sha) if j.job_id != job_id and j.state in (QUEUED, RUNNING)]
+    if not waiting:
+        jobs.drop_upload(sha)
 
 
 def question_from(payload: dict[str, Any]):
@@ -526,7 +489,7 @@ def _mark_query(jobs: JobStore, request_id: str, state: str, exc: LongragError |
             jobs.succeed(request_id)
         else:
             jobs.fail(request_id, exc.code if exc else "error", str(exc))
-    except sqlite3.Error as err:  # bookkeeping never fails a question
+    except DB_ERRORS as err:  # bookkeeping never fails a question
         log.warning("query record %s: %s", request_id, err)
 
 

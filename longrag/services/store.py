@@ -1,70 +1,22 @@
-"""SQLite store: documents, their parsed text, sentences, chunks and chunk vectors.
+"""The store: documents, their parsed text, sentences, chunks, chunk vectors and artifacts.
 
-SQLite is the source of truth; the FAISS files are caches rebuilt from the ``vectors`` table
-whenever they disagree with it (after a crash between the two writes, say).
+The database (:mod:`longrag.services.db`: embedded SQLite or PostgreSQL) is the source of
+truth; each host's FAISS files are caches rebuilt from the ``vectors`` table whenever they
+disagree with it (another host wrote, or a crash fell between the two writes).
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
-import threading
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from longrag.errors import NotFoundError
 from longrag.retrieval.types import Chunk, Sentence
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS documents (
-  doc_id TEXT PRIMARY KEY,
-  sha256 TEXT NOT NULL UNIQUE,
-  title TEXT NOT NULL,
-  filename TEXT,
-  kind TEXT NOT NULL,
-  n_bytes INTEGER NOT NULL,
-  n_chars INTEGER NOT NULL,
-  n_sentences INTEGER NOT NULL,
-  n_chunks INTEGER NOT NULL,
-  created_at REAL NOT NULL,
-  text TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sentences (
-  doc_id TEXT NOT NULL REFERENCES documents(doc_id) ON DELETE CASCADE,
-  idx INTEGER NOT NULL,
-  start INTEGER NOT NULL,
-  end INTEGER NOT NULL,
-  PRIMARY KEY (doc_id, idx)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS chunks (
-  chunk_id INTEGER PRIMARY KEY AUTOINCREMENT,
-  doc_id TEXT NOT NULL REFERENCES documents(doc_id) ON DELETE CASCADE,
-  idx INTEGER NOT NULL,
-  start INTEGER NOT NULL,
-  end INTEGER NOT NULL,
-  first_sentence INTEGER NOT NULL,
-  last_sentence INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id, idx);
-CREATE TABLE IF NOT EXISTS vectors (
-  chunk_id INTEGER NOT NULL REFERENCES chunks(chunk_id) ON DELETE CASCADE,
-  kind TEXT NOT NULL,
-  vec BLOB NOT NULL,
-  PRIMARY KEY (chunk_id, kind)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS artifacts (
-  doc_id TEXT NOT NULL REFERENCES documents(doc_id) ON DELETE CASCADE,
-  name TEXT NOT NULL,
-  data BLOB NOT NULL,
-  PRIMARY KEY (doc_id, name)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
+from longrag.services.db import Database, Executor
 
 @dataclass(frozen=True, slots=True)
 class DocumentInfo:
@@ -90,45 +42,19 @@ class ChunkRow:
 _DOC_COLS = "doc_id, title, filename, kind, n_bytes, n_chars, n_sentences, n_chunks, created_at"
 
 
-def open_db(path: Path, schema: str, *, foreign_keys: bool) -> sqlite3.Connection:
-    """A connection to the SQLite file at ``path`` shared by threads and processes: autocommit
-    (transactions are explicit), WAL so readers never block the writer, ``schema`` applied."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    if foreign_keys:
-        conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(schema)
-    return conn
-
-
-@contextmanager
-def immediate_transaction(conn: sqlite3.Connection, lock: threading.RLock | None = None) -> Iterator[sqlite3.Connection]:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` on ``conn`` (``ROLLBACK`` on any exception), holding
-    ``lock`` throughout when given (a connection shared by threads)."""
-    with lock if lock is not None else nullcontext():
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-
 class Store:
-    """Thin typed access to the SQLite database under the data directory."""
+    """Thin typed access to the documents' tables of the shared database."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._conn = open_db(path, SCHEMA, foreign_keys=True)
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._conn = db
 
-    def close(self) -> None:
-        self._conn.close()
+    def transaction(self) -> AbstractContextManager[Executor]:
+        return self.db.transaction()
 
-    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        return immediate_transaction(self._conn)
+    def write_lock(self) -> AbstractContextManager[None]:
+        """The corpus writers' lock, across processes and hosts."""
+        return self.db.write_lock()
 
     # -- documents -----------------------------------------------------------------------
     def doc_by_sha(self, sha256: str) -> DocumentInfo | None:
@@ -156,13 +82,13 @@ class Store:
 
     def sentences(self, doc_id: str) -> list[Sentence]:
         rows = self._conn.execute(
-            "SELECT idx, start, end FROM sentences WHERE doc_id=? ORDER BY idx", (doc_id,)
+            'SELECT idx, start, "end" FROM sentences WHERE doc_id=? ORDER BY idx', (doc_id,)
         )
         return [Sentence(*r) for r in rows]
 
     def chunks(self, doc_id: str) -> list[tuple[int, Chunk]]:
         rows = self._conn.execute(
-            "SELECT chunk_id, idx, start, end, first_sentence, last_sentence FROM chunks "
+            'SELECT chunk_id, idx, start, "end", first_sentence, last_sentence FROM chunks '
             "WHERE doc_id=? ORDER BY idx",
             (doc_id,),
         )
@@ -173,7 +99,8 @@ class Store:
         ids = [int(i) for i in chunk_ids]
         for i in range(0, len(ids), 900):
             part = ids[i : i + 900]
-            q = f"SELECT chunk_id, doc_id, start, end FROM chunks WHERE chunk_id IN ({','.join('?' * len(part))})"
+            marks = ",".join("?" * len(part))
+            q = f'SELECT chunk_id, doc_id, start, "end" FROM chunks WHERE chunk_id IN ({marks})'
             for r in self._conn.execute(q, part):
                 out[r[0]] = ChunkRow(*r)
         return out
@@ -190,7 +117,7 @@ class Store:
 
     def insert_document(
         self,
-        conn: sqlite3.Connection,
+        conn: Executor,
         *,
         doc_id: str,
         sha256: str,
@@ -209,23 +136,25 @@ class Store:
             (doc_id, sha256, title, filename, kind, n_bytes, len(text), len(sentences), len(chunks), time.time(), text),
         )
         conn.executemany(
-            "INSERT INTO sentences (doc_id, idx, start, end) VALUES (?,?,?,?)",
+            'INSERT INTO sentences (doc_id, idx, start, "end") VALUES (?,?,?,?)',
             [(doc_id, s.index, s.start, s.end) for s in sentences],
         )
         ids = []
         for c in chunks:
-            cur = conn.execute(
-                "INSERT INTO chunks (doc_id, idx, start, end, first_sentence, last_sentence) VALUES (?,?,?,?,?,?)",
+            row = conn.execute(
+                'INSERT INTO chunks (doc_id, idx, start, "end", first_sentence, last_sentence) '
+                "VALUES (?,?,?,?,?,?) RETURNING chunk_id",
                 (doc_id, c.index, c.start, c.end, c.first_sentence, c.last_sentence),
-            )
-            ids.append(int(cur.lastrowid))
+            ).fetchone()
+            ids.append(int(row[0]))
         return ids
 
     @staticmethod
-    def insert_vectors(conn: sqlite3.Connection, kind: str, chunk_ids: Sequence[int], vectors: np.ndarray) -> None:
+    def insert_vectors(conn: Executor, kind: str, chunk_ids: Sequence[int], vectors: np.ndarray) -> None:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         conn.executemany(
-            "INSERT OR REPLACE INTO vectors (chunk_id, kind, vec) VALUES (?,?,?)",
+            "INSERT INTO vectors (chunk_id, kind, vec) VALUES (?,?,?) "
+            "ON CONFLICT (chunk_id, kind) DO UPDATE SET vec = excluded.vec",
             [(int(cid), kind, vectors[i].tobytes()) for i, cid in enumerate(chunk_ids)],
         )
 
@@ -244,7 +173,7 @@ class Store:
     def count_vectors(self, kind: str) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM vectors WHERE kind=?", (kind,)).fetchone()[0])
 
-    def delete_document(self, conn: sqlite3.Connection, doc_id: str) -> list[int]:
+    def delete_document(self, conn: Executor, doc_id: str) -> list[int]:
         """Delete a document and everything hanging off it; return its chunk ids."""
         ids = [r[0] for r in conn.execute("SELECT chunk_id FROM chunks WHERE doc_id=?", (doc_id,))]
         conn.execute("DELETE FROM documents WHERE doc_id=?", (doc_id,))
@@ -253,12 +182,13 @@ class Store:
     # -- per-document artifacts (caches computed at ingestion by later techniques) ----------
     def put_artifact(self, doc_id: str, name: str, data: bytes) -> None:
         self._conn.execute(
-            "INSERT OR REPLACE INTO artifacts (doc_id, name, data) VALUES (?,?,?)", (doc_id, name, data)
+            "INSERT INTO artifacts (doc_id, name, data) VALUES (?,?,?) "
+            "ON CONFLICT (doc_id, name) DO UPDATE SET data = excluded.data", (doc_id, name, data)
         )
 
     def get_artifact(self, doc_id: str, name: str) -> bytes | None:
         row = self._conn.execute("SELECT data FROM artifacts WHERE doc_id=? AND name=?", (doc_id, name)).fetchone()
-        return row[0] if row else None
+        return bytes(row[0]) if row else None
 
     # -- generation counter: bumps on every change so other processes reload indexes --------
     def generation(self) -> int:
@@ -266,8 +196,8 @@ class Store:
         return int(row[0]) if row else 0
 
     @staticmethod
-    def bump_generation(conn: sqlite3.Connection) -> None:
+    def bump_generation(conn: Executor) -> None:
         conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('generation', '1') ON CONFLICT(key) "
-            "DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+            "INSERT INTO meta (key, value) VALUES ('generation', '1') ON CONFLICT (key) "
+            "DO UPDATE SET value = CAST(CAST(meta.value AS INTEGER) + 1 AS TEXT)"
         )

@@ -9,7 +9,6 @@ per-process singletons (``services/runtime.py``).
 from __future__ import annotations
 
 import logging
-import sqlite3
 from typing import Any
 
 from celery import Task
@@ -18,11 +17,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from longrag.config import get_settings
 from longrag.services import jobs
+from longrag.services.db import TRANSIENT_DB_ERRORS
 from longrag.workers.celery_app import app
 
 log = logging.getLogger(__name__)
 
-TRANSIENT = (OSError, sqlite3.OperationalError, RedisConnectionError)
+TRANSIENT = (OSError, *TRANSIENT_DB_ERRORS, RedisConnectionError)
 RETRY = {
     "autoretry_for": TRANSIENT,
     "retry_backoff": 2,

@@ -11,9 +11,12 @@ import pytest
 
 from http_helpers import DOC, serve, sse_events, wait_job
 
-from longrag.config import Settings
+from longrag.config import Settings, get_settings
 from longrag.errors import NotFoundError
 from longrag.services.conversations import ConversationStore, Turn, names_in, standalone_question
+from longrag.services.db import connect, database_url
+
+pytestmark = pytest.mark.usefixtures("each_backend")  # SQLite and PostgreSQL
 
 
 def _turn(question: str, answer: str, standalone: str | None = None) -> Turn:
@@ -53,11 +56,11 @@ def test_names_in_drops_question_words_and_possessives():
 
 
 def test_store_round_trip_and_unknown_ids(tmp_path: Path):
-    store = ConversationStore(tmp_path / "db.sqlite")
+    store = ConversationStore(connect(database_url(get_settings())))
     conv = store.create(["d1"], "notes")
     assert store.add_turn(conv.conversation_id, "Who?", "Who?", {"answer": "A"}) == 0
     assert store.add_turn(conv.conversation_id, "Where did he go?", "Where did A go?", {"answer": "B"}) == 1
-    got = ConversationStore(tmp_path / "db.sqlite").get(conv.conversation_id)  # another connection
+    got = ConversationStore(connect(database_url(get_settings()))).get(conv.conversation_id)  # another connection
     assert got.doc_ids == ["d1"] and got.title == "notes"
     assert [(t.question, t.standalone_question, t.answer["answer"]) for t in got.turns] == \
         [("Who?", "Who?", "A"), ("Where did he go?", "Where did A go?", "B")]

@@ -8,6 +8,8 @@ from longrag.config import get_settings
 from longrag.errors import EmptyDocumentError, FileTooLargeError, InvalidRequestError, NotFoundError, UnsupportedFileTypeError, DecodeError
 from longrag.services.corpus import Corpus
 
+pytestmark = pytest.mark.usefixtures("each_backend")  # SQLite and PostgreSQL
+
 DOC_A = (
     "Marie Curie was born in Warsaw in 1867. She moved to Paris in 1891 to study physics. "
     "She spent eleven years there before the war. Her research on radioactivity won two Nobel Prizes.\n\n"

@@ -17,6 +17,8 @@ from longrag.errors import InvalidRequestError, JobFinishedError, NotFoundError
 from longrag.services import jobs as J
 from longrag.services.runtime import get_corpus
 
+pytestmark = pytest.mark.usefixtures("each_backend")  # SQLite and PostgreSQL
+
 
 @pytest.fixture()
 def settings(tmp_path: Path, tiny_decoder_dir: Path) -> Settings:
@@ -75,7 +77,7 @@ def test_cancelled_queued_ingest_stores_nothing(settings: Settings):
     out = J.run_ingest(settings, job_id)
     assert out == {"doc_id": None, "cancelled": True}
     assert get_corpus(settings).list() == []
-    assert not J.upload_path(settings, J.doc_id_for(DOC.encode())[1]).exists()
+    assert J.read_upload(settings, J.doc_id_for(DOC.encode())[1]) is None
     assert J.get_jobs(settings).get(job_id).state == J.CANCELLED
 
 

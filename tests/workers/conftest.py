@@ -113,7 +113,8 @@ class Stack:
 
     @property
     def settings(self) -> Settings:
-        return Settings(data_dir=self.data_dir, broker_url=self.env["LONGRAG_BROKER_URL"])
+        return Settings(data_dir=self.data_dir, broker_url=self.env["LONGRAG_BROKER_URL"],
+                        database_url=self.env.get("LONGRAG_DATABASE_URL"))
 
     def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> Proc:
         log = self.logs / f"{name}-{len(self.procs)}.log"
@@ -167,19 +168,14 @@ class Stack:
                 p.kill(signal.SIGTERM)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, tiny_decoder_dir: Path) -> Iterator[Stack]:
-    """Broker mode: an API process plus workers, sharing one data directory and one Redis."""
-    import redis
-
-    redis.Redis.from_url(redis_url).flushdb()
-    base = tmp_path_factory.mktemp("stack")
+def stack_env(data_dir: Path, redis_url: str, decoder: Path, **extra: str) -> dict[str, str]:
+    """The environment of one host's processes: its data directory, the shared broker."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LONGRAG_")}
     env.update({
-        "LONGRAG_DATA_DIR": str(base / "data"),
+        "LONGRAG_DATA_DIR": str(data_dir),
         "LONGRAG_MODEL_CACHE": str(MODEL_CACHE),
         "LONGRAG_BROKER_URL": redis_url,
-        "LONGRAG_DECODER": str(tiny_decoder_dir),
+        "LONGRAG_DECODER": str(decoder),
         "LONGRAG_ANSWER_CHECKS": "false",  # the random decoder's replies would be turned down
         "LONGRAG_TOP_K": "2",
         "LONGRAG_MAX_NEW_TOKENS": "8",
@@ -189,9 +185,52 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, tiny_decoder
         "LONGRAG_RESTORE_INTERVAL_S": "1",
         "LONGRAG_TORCH_THREADS": "1",
         "PYTHONPATH": str(REPO),
+        **extra,
     })
-    s = Stack(base / "data", env, base)
+    return env
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, tiny_decoder_dir: Path) -> Iterator[Stack]:
+    """Broker mode: an API process plus workers, sharing one data directory and one Redis."""
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    base = tmp_path_factory.mktemp("stack")
+    s = Stack(base / "data", stack_env(base / "data", redis_url, tiny_decoder_dir), base)
     try:
         yield s
     finally:
         s.stop_all()
+
+
+@dataclass
+class Hosts:
+    one: Stack
+    two: Stack
+    api_one: httpx.Client
+    api_two: httpx.Client
+    database_url: str
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory, redis_url: str, tiny_decoder_dir: Path, postgres) -> Iterator[Hosts]:
+    """Two hosts (API + worker each, own data directory) sharing only Redis and PostgreSQL."""
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    url = postgres.create_database()
+    stacks = []
+    for name in ("one", "two"):
+        base = tmp_path_factory.mktemp(f"host-{name}")
+        stacks.append(Stack(base / "data", stack_env(base / "data", redis_url, tiny_decoder_dir,
+                                                     LONGRAG_DATABASE_URL=url), base))
+    one, two = stacks
+    try:
+        api_one, api_two = one.start_api(), two.start_api()
+        one.start_worker("ingest,qa")
+        two.start_worker("ingest,qa")
+        yield Hosts(one, two, api_one, api_two, url)
+    finally:
+        for s in stacks:
+            s.stop_all()

@@ -19,6 +19,7 @@ import pytest
 
 from http_helpers import DOC, sse_events, wait_job
 
+from longrag.services.db import connect, database_url
 from longrag.services.jobs import JobStore
 
 HOST = socket.gethostname()
@@ -99,7 +100,7 @@ def test_two_workers_share_a_batch_every_result_once_in_order(api: httpx.Client,
 def test_killing_the_worker_holding_a_question_reruns_it_elsewhere(api: httpx.Client, doc_id: str, stack):
     workers = stack.workers()
     assert len(workers) == 2
-    jobs = JobStore(stack.settings.db_path)
+    jobs = JobStore(connect(database_url(stack.settings)))
     out: dict = {}
 
     def ask() -> None:
@@ -152,12 +153,11 @@ def test_sigkill_during_ingest_job_recovers_and_indexes_once(api: httpx.Client, 
     assert job["state"] == "succeeded" and job["attempts"] >= 2 and job["doc_id"] == new_doc
     docs = [d for d in api.get("/v1/documents").json() if d["doc_id"] == new_doc]
     assert len(docs) == 1
-    import sqlite3
-
-    with sqlite3.connect(stack.settings.db_path) as conn:
-        n_chunks = conn.execute("SELECT COUNT(*) FROM chunks WHERE doc_id=?", (new_doc,)).fetchone()[0]
-        per_kind = dict(conn.execute("SELECT v.kind, COUNT(*) FROM vectors v JOIN chunks c USING (chunk_id) "
-                                     "WHERE c.doc_id=? GROUP BY v.kind", (new_doc,)).fetchall())
+    db = connect(database_url(stack.settings))
+    n_chunks = db.execute("SELECT COUNT(*) FROM chunks WHERE doc_id=?", (new_doc,)).fetchone()[0]
+    per_kind = dict(db.execute("SELECT v.kind, COUNT(*) FROM vectors v JOIN chunks c USING (chunk_id) "
+                               "WHERE c.doc_id=? GROUP BY v.kind", (new_doc,)).fetchall())
+    db.close()
     assert n_chunks == docs[0]["n_chunks"] > 0
     assert per_kind.get("chunk") == n_chunks and set(per_kind.values()) == {n_chunks}  # one vector per chunk and kind
     index = api.get("/healthz").json()["index"]["chunk"]
