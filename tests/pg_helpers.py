@@ -50,16 +50,23 @@ class PostgresServer:
         # one role that must give its password (the bad-credentials tests), trust for the rest
         (data / "pg_hba.conf").write_text(
             "host all secret 127.0.0.1/32 scram-sha-256\nlocal all all trust\nhost all all 127.0.0.1/32 trust\n")
-        opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=400")
-        self._run(str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(self.dir / "server.log"),
-                  "-w", "-t", "60", "start")
         self.data = data
+        self.start()
         import psycopg
 
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute("CREATE ROLE secret LOGIN PASSWORD 'right'")
             conn.execute("CREATE DATABASE secretdb OWNER secret")
+
+    def start(self) -> None:
+        opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=400")
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.dir / "server.log"),
+                  "-w", "-t", "60", "start")
+
+    def halt(self) -> None:
+        """Stop the server at once, as a crash would (``start`` brings it back on the same port)."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
 
     def _run(self, *cmd: str) -> None:
         subprocess.run([*self._as, *cmd], check=True, capture_output=True, cwd=self.dir)

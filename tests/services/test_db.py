@@ -132,3 +132,33 @@ def test_copy_from_sqlite_to_postgresql_is_verified_and_resumable(tmp_path: Path
     assert new.search("bell of Carrow", k=1)[0].doc_id == d.doc_id
     with pytest.raises(InvalidRequestError, match="empty"):  # the target now holds a document the source lacks
         copy_store(src, dst)
+
+
+def test_database_going_away_mid_ingest_stores_nothing_and_a_retry_succeeds(tmp_path: Path):
+    import psycopg
+    from pg_helpers import PostgresServer
+
+    server = PostgresServer()  # a server of this test's own, to stop mid-ingest
+    try:
+        url = server.create_database()
+        corpus = _host(tmp_path, "host", url)
+        corpus.embedder.dim  # noqa: B018 - the models load before the server goes away
+
+        def stop_before_commit(stage: str, fraction: float) -> None:
+            if stage == "index":
+                server.halt()
+
+        with pytest.raises(psycopg.OperationalError):  # transient: the worker task retries it
+            corpus.ingest_bytes(A.encode(), "a.txt", progress=stop_before_commit)
+        server.start()
+        again = _host(tmp_path, "other", url)
+        assert again.list() == []  # nothing half-stored
+        assert again.store.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] == 0
+        result = corpus.ingest_bytes(A.encode(), "a.txt")  # the same process recovers its pool
+        assert result.created and [d.doc_id for d in again.list()] == [result.doc_id]
+        assert again.search("Who built the lighthouse at Skerry Point?", k=1)[0].doc_id == result.doc_id
+    finally:
+        from longrag.services.db import close_all
+
+        close_all()
+        server.stop()
