@@ -10,10 +10,11 @@ branched, never re-read). Retrieval baselines rank the *same* sentences:
 * ``cfic``: constrained sentence-prefix decoding + skip decoding (the default).
 * ``cfic_likelihood``: whole-sentence length-normalised log-likelihood over the situated
   retriever's top ``--score-candidates`` sentences, + skip decoding.
-* ``cfic_lora``: ``cfic`` with the committed LoRA adapter (SQuAD only).
-* ablations (on the first ``--slow`` questions): ``cfic_noconstraint`` (free greedy prefix,
-  fuzzy-matched), ``cfic_noskip`` (token-by-token along the document until a stop token),
-  ``freegen`` (free generation of the evidence, fuzzy-matched back to sentences).
+* ``cfic_lora``: ``cfic`` with a LoRA adapter (``--adapter DIR``, e.g. one written by
+  ``bench/train_cfic.py``; SQuAD with ``--lora-squad``, and the SQuAD 2.0 no-evidence set).
+* ablations (on the first ``--slow`` questions; ``bench/cfic_ablations.py``): ``cfic_noconstraint``
+  (free greedy prefix, fuzzy-matched), ``cfic_noskip`` (token-by-token along the document until a
+  stop token), ``freegen`` (free generation of the evidence, fuzzy-matched back to sentences).
 * latency: CFIC extraction vs token-by-token decoding of the same spans vs retrieval only vs
   retrieval + answer generation (situated top-3 as context).
 
@@ -36,10 +37,11 @@ from typing import Any
 
 import numpy as np
 
+from bench.cfic_ablations import extract_ablation, fuzzy_sentence, generate_free, stepwise_decode
 from bench.common import DATASETS, hardware, set_threads, write_result
 from bench.metrics import f1 as token_f1
 
-from longrag.retrieval.cfic import CficExtractor, CficOptions, fuzzy_sentence
+from longrag.retrieval.cfic import CficExtractor, CficOptions, EvidenceSpan
 from longrag.retrieval.segment import split_sentences
 from longrag.retrieval.types import Sentence
 
@@ -76,11 +78,15 @@ class SentenceRetrievers:
 # one question through every method
 # ---------------------------------------------------------------------------------------------
 def spans_of(res) -> Spans:
-    return [(s.start, s.end) for s in res.spans]
+    return pairs(res.spans)
+
+
+def pairs(spans: Sequence[EvidenceSpan]) -> Spans:
+    return [(s.start, s.end) for s in spans]
 
 
 def freegen_spans(ex: CficExtractor, pre, max_new_tokens: int) -> Spans:
-    text = ex.generate_free(pre, max_new_tokens)
+    text = generate_free(ex, pre, max_new_tokens)
     out: Spans = []
     for piece in split_sentences(text):
         i = fuzzy_sentence(text[piece.start:piece.end], [pre.sentence_text(j) for j in range(len(pre.sentences))])
@@ -112,19 +118,19 @@ def run_question(ex: CficExtractor, text: str, sentences: list[Sentence], questi
     row["ms"]["cfic_likelihood_extract"] = (time.perf_counter() - t0) * 1000
     if slow:
         t0 = time.perf_counter()
-        row["methods"]["cfic_noconstraint"] = spans_of(ex.extract(pre, CficOptions(**{**_asdict(opt), "constrained": False})))
+        row["methods"]["cfic_noconstraint"] = pairs(extract_ablation(ex, pre, opt, constrained=False))
         row["ms"]["cfic_noconstraint_extract"] = (time.perf_counter() - t0) * 1000
         t0 = time.perf_counter()
-        row["methods"]["cfic_noskip"] = spans_of(ex.extract(pre, CficOptions(**{**_asdict(opt), "skip": False})))
+        row["methods"]["cfic_noskip"] = pairs(extract_ablation(ex, pre, opt, skip=False))
         row["ms"]["cfic_noskip_extract"] = (time.perf_counter() - t0) * 1000
         # token-by-token decoding of exactly the spans CFIC returned (skip decoding's gain)
-        branches = ex._prefix_branches(pre, opt)
+        branches = ex.prefix_branches(pre, opt)
         t0 = time.perf_counter()
         ends = ex.skip_decode(pre, branches, opt)
         row["ms"]["skip_only"] = (time.perf_counter() - t0) * 1000
         t0 = time.perf_counter()
         for b, (first, last, _) in zip(branches, ends):
-            ex.stepwise_decode(pre, b, opt, force_until=last)
+            stepwise_decode(ex, pre, b, opt, force_until=last)
         row["ms"]["token_by_token_same_spans"] = (time.perf_counter() - t0) * 1000
         t0 = time.perf_counter()
         row["methods"]["freegen"] = freegen_spans(ex, pre, args.freegen_tokens)
@@ -313,7 +319,7 @@ def latency(rows: list[dict]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--adapter", default="longrag/retrieval/weights/cfic-smollm2-lora")
+    ap.add_argument("--adapter", default=None, help="a PEFT LoRA folder for the cfic_lora rows (bench/train_cfic.py)")
     ap.add_argument("--squad", type=int, default=6)
     ap.add_argument("--hotpot", type=int, default=4)
     ap.add_argument("--legal", type=int, default=1)

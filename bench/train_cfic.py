@@ -7,16 +7,19 @@ share of negatives (the question with a paragraph of another article) teaches "n
 (target = the end-of-turn token only). The prompt is :func:`longrag.retrieval.cfic.prompt_text`,
 the same one the extractor prefills. Loss on the target tokens only.
 
-CPU, small scale (what was run here; CPU shared by 8 jobs)::
+The adapter folder (with ``training_log.jsonl``, whose first line is the command) is read by
+``python -m bench.cfic --adapter DIR`` or by the server's ``LONGRAG_CFIC_ADAPTER=DIR``.
+
+CPU, small scale::
 
     LONGRAG_MODEL_CACHE=.cache/models .venv/bin/python -m bench.train_cfic \
         --model smollm2-135m-instruct --minutes 15 --threads 1 \
-        --out longrag/retrieval/weights/cfic-smollm2-lora
+        --out .cache/cfic-smollm2-lora
 
 CUDA, full scale (same script)::
 
     python -m bench.train_cfic --model qwen2.5-coder-0.5b-instruct --device cuda \
-        --examples 20000 --minutes 0 --window 3 --rank 16 --out longrag/retrieval/weights/cfic-qwen-lora
+        --examples 20000 --minutes 0 --window 3 --rank 16 --out .cache/cfic-qwen-lora
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ def encode(tokenizer, ex: dict, stop_id: int, max_tokens: int) -> tuple[list[int
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--out", default="longrag/retrieval/weights/cfic-smollm2-lora")
+    ap.add_argument("--out", default=".cache/cfic-smollm2-lora")
     ap.add_argument("--minutes", type=float, default=15.0, help="stop after this wall time (0: no limit)")
     ap.add_argument("--examples", type=int, default=4000, help="most training examples to read")
     ap.add_argument("--window", type=int, default=1, help="paragraphs per document (1: the paragraph)")

@@ -73,8 +73,6 @@ def test_trie_allows_only_sentence_starts(tiny):
     CficOptions(no_evidence_threshold=None),
     CficOptions(no_evidence_threshold=None, top_k=5, max_span_sentences=3),
     CficOptions(no_evidence_threshold=None, method="likelihood"),
-    CficOptions(no_evidence_threshold=None, constrained=False),
-    CficOptions(no_evidence_threshold=None, skip=False),
 ])
 def test_every_span_is_exact_document_text(tiny, opts):
     model, tok = tiny
@@ -94,7 +92,7 @@ def test_skip_decoding_ends_on_sentence_boundaries_within_bounds(tiny):
     sents = split_sentences(DOC)
     opt = CficOptions(no_evidence_threshold=None, max_span_sentences=2)
     pre = ex.prepare(DOC, sents, "Where did she spend eleven years?", options=opt)
-    branches = ex._prefix_branches(pre, opt)
+    branches = ex.prefix_branches(pre, opt)
     assert branches and len({b[0] for b in branches}) == len(branches)  # distinct sentences
     for first, last, p in ex.skip_decode(pre, branches, opt):
         assert first <= last <= first + 1
@@ -116,13 +114,13 @@ def test_skip_decoding_matches_token_by_token_p_end(tiny):
     sents = split_sentences(DOC)
     opt = CficOptions(no_evidence_threshold=None, max_span_sentences=3, top_k=2)
     pre = ex.prepare(DOC, sents, "What is the capital?", options=opt)
-    branches = ex._prefix_branches(pre, opt)
-    ends = [ex._end_candidates(pre, b[0], opt) for b in branches]
-    seqs, poss = zip(*[ex._span_tokens(pre, b[1], e) for b, e in zip(branches, ends)])
-    batched = ex._forward_batch(pre, list(seqs), list(poss), batch_size=2)
+    branches = ex.prefix_branches(pre, opt)
+    ends = [ex.end_candidates(pre, b[0], opt) for b in branches]
+    seqs, poss = zip(*[ex.span_tokens(pre, b[1], e) for b, e in zip(branches, ends)])
+    batched = ex.forward_batch(pre, list(seqs), list(poss), batch_size=2)
     for ids, pos, lp in zip(seqs, poss, batched):
         for k, p in enumerate(pos):
-            step = torch.log_softmax(ex._step(pre, ids[: p + 1]), -1)
+            step = torch.log_softmax(ex.step(pre, ids[: p + 1]), -1)
             assert torch.allclose(ex.p_end(step), ex.p_end(lp[k]), atol=1e-4)
 
 
