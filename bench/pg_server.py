@@ -1,5 +1,5 @@
-"""A throwaway PostgreSQL server for the tests: initdb in a temporary folder, started on a free
-loopback port, trust authentication, one fresh database per test that asks for one.
+"""A throwaway PostgreSQL server for the tests and benchmarks: initdb in a temporary folder,
+started on a free loopback port, trust authentication, a fresh database on request.
 
 Debian's ``postgresql`` package provides the binaries (``make test`` installs it). As root,
 the server runs as the ``postgres`` user the package creates (PostgreSQL refuses root).

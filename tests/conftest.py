@@ -46,8 +46,8 @@ def datasets() -> Path:
 
 @pytest.fixture(scope="session")
 def postgres():
-    """A PostgreSQL server of the test session's own (tests/pg_helpers.py)."""
-    from pg_helpers import PostgresServer
+    """A PostgreSQL server of the test session's own (bench/pg_server.py)."""
+    from bench.pg_server import PostgresServer
 
     server = PostgresServer()
     yield server

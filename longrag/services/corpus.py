@@ -428,13 +428,4 @@ class Corpus:
     def hits(self, ids: Sequence[int], scores: Sequence[float]) -> list[Hit]:
         pairs = [(int(i), float(s)) for i, s in zip(ids, scores) if int(i) >= 0]
         rows = self.store.chunk_rows([i for i, _ in pairs])
-        texts: dict[str, str] = {}
-        out = []
-        for cid, score in pairs:
-            row = rows.get(cid)
-            if row is None:
-                continue
-            if row.doc_id not in texts:
-                texts[row.doc_id] = self.store.text(row.doc_id)
-            out.append(Hit(row.doc_id, row.start, row.end, texts[row.doc_id][row.start : row.end], score, cid))
-        return out
+        return [Hit(r.doc_id, r.start, r.end, r.text, score, cid) for cid, score in pairs if (r := rows.get(cid))]

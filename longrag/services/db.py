@@ -203,15 +203,21 @@ class PostgresDatabase(Database):
             psycopg.connect(url, connect_timeout=int(connect_timeout_s)).close()
         except psycopg.Error as exc:
             raise DatabaseError(f"cannot connect to the database {self.url}: {str(exc).strip()}") from None
-        # check: a connection is tested as it leaves the pool, so a server restart costs the
-        # requests in flight at that moment, not the first request of every pooled connection
         self._pool = ConnectionPool(url, min_size=1, max_size=max_connections, open=True,
-                                    timeout=connect_timeout_s * 3, kwargs={"autocommit": True},
-                                    check=ConnectionPool.check_connection)
+                                    timeout=connect_timeout_s * 3, kwargs={"autocommit": True})
+        self._lost = psycopg.OperationalError
 
     def execute(self, sql: str, params: Params = ()) -> Rows:
-        with self._pool.connection() as conn:
-            return _PostgresExecutor(conn).execute(sql, params)
+        # A pooled connection may have died with a server restart: the pool drops it when it
+        # comes back broken, and the statement (autocommit, alone) runs once more on another.
+        for attempt in (1, 2):
+            try:
+                with self._pool.connection() as conn:
+                    return _PostgresExecutor(conn).execute(sql, params)
+            except self._lost:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     @contextmanager
     def transaction(self) -> Iterator[Executor]:

@@ -37,6 +37,7 @@ class ChunkRow:
     doc_id: str
     start: int
     end: int
+    text: str  # the document's text[start:end]
 
 
 _DOC_COLS = "doc_id, title, filename, kind, n_bytes, n_chars, n_sentences, n_chunks, created_at"
@@ -100,7 +101,9 @@ class Store:
         for i in range(0, len(ids), 900):
             part = ids[i : i + 900]
             marks = ",".join("?" * len(part))
-            q = f'SELECT chunk_id, doc_id, start, "end" FROM chunks WHERE chunk_id IN ({marks})'
+            # the chunk's text cut in the database: a hit does not ship its whole document
+            q = ('SELECT c.chunk_id, c.doc_id, c.start, c."end", substr(d.text, CAST(c.start + 1 AS INTEGER), CAST(c."end" - c.start AS INTEGER)) '
+                 f"FROM chunks c JOIN documents d ON d.doc_id = c.doc_id WHERE c.chunk_id IN ({marks})")
             for r in self._conn.execute(q, part):
                 out[r[0]] = ChunkRow(*r)
         return out

@@ -136,7 +136,7 @@ def test_copy_from_sqlite_to_postgresql_is_verified_and_resumable(tmp_path: Path
 
 def test_database_going_away_mid_ingest_stores_nothing_and_a_retry_succeeds(tmp_path: Path):
     import psycopg
-    from pg_helpers import PostgresServer
+    from bench.pg_server import PostgresServer
 
     server = PostgresServer()  # a server of this test's own, to stop mid-ingest
     try:
