@@ -9,7 +9,8 @@ shown and indexed. The ZIP-based formats live in ``formats_office`` and ``format
 
 from __future__ import annotations
 
-import io
+import bisect
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -36,6 +37,78 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 class ParsedDocument:
     text: str
     kind: str  # text | markdown | html | pdf | docx | pptx | epub
+    pages: tuple[int, ...] | None = None  # PDF: the offset in ``text`` where each page starts
+    sections: tuple[tuple[int, str], ...] | None = None  # (offset, heading path) where each section starts
+
+    def artifacts(self) -> dict[str, bytes]:
+        """What :func:`locate` reads, as the store's per-document artifacts (JSON)."""
+        out = {}
+        if self.pages is not None:
+            out["pages"] = json.dumps(list(self.pages)).encode()
+        if self.sections:
+            out["sections"] = json.dumps([list(s) for s in self.sections], ensure_ascii=False).encode()
+        return out
+
+
+def locate(pages: bytes | None, sections: bytes | None, offset: int) -> tuple[int | None, str | None]:
+    """The 1-based page and the heading path at ``offset``, from the ``pages`` and ``sections``
+    artifacts of :meth:`ParsedDocument.artifacts` (None where the document has none)."""
+    page = section = None
+    if pages:
+        starts = json.loads(pages)
+        page = bisect.bisect_right(starts, offset) or None
+    if sections:
+        heads = json.loads(sections)
+        i = bisect.bisect_right([h[0] for h in heads], offset)
+        section = heads[i - 1][1] if i else None
+    return page, section
+
+
+def _paths(heads: list[tuple[int, int, str]]) -> tuple[tuple[int, str], ...]:
+    """(offset, level, title) in order -> (offset, "Title > Subtitle") by nesting level."""
+    stack: list[tuple[int, str]] = []
+    out = []
+    for offset, level, title in heads:
+        while stack and stack[-1][0] >= level:
+            stack.pop()
+        stack.append((level, title))
+        out.append((offset, " > ".join(t for _, t in stack)))
+    return tuple(out)
+
+
+_ATX = re.compile(r" {0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
+_FENCE = re.compile(r" {0,3}(```|~~~)")
+_SETEXT = re.compile(r" {0,3}(=+|-+)[ \t]*$")
+
+
+def markdown_sections(text: str) -> tuple[tuple[int, str], ...]:
+    """Where each ATX (``## Title``) or setext heading starts, outside fenced code."""
+    heads: list[tuple[int, int, str]] = []
+    pos, fence, prev = 0, None, None  # prev: (offset, line) of the previous non-blank paragraph line
+    for line in text.splitlines(keepends=True):
+        body = line.rstrip("\r\n")
+        if m := _FENCE.match(body):
+            fence = None if fence == m.group(1) else (fence or m.group(1))
+            prev = None
+        elif fence is None:
+            if (m := _ATX.match(body)) and m.group(2).strip():
+                heads.append((pos, len(m.group(1)), m.group(2).strip()))
+                prev = None
+            elif prev is not None and (m := _SETEXT.match(body)):
+                heads.append((prev[0], 1 if m.group(1)[0] == "=" else 2, prev[1].strip()))
+                prev = None
+            else:
+                prev = (pos, body) if body.strip() else None
+        pos += len(line)
+    return _paths(heads)
+
+
+_SLIDE = re.compile(r"(?m)(?:\A|(?<=\n\n))(Slide \d+(?:: [^\n]*)?)$")
+
+
+def slide_sections(text: str) -> tuple[tuple[int, str], ...]:
+    """A PowerPoint's ``Slide N: <title>`` lines (formats_office) as its sections."""
+    return tuple((m.start(), m.group(1)) for m in _SLIDE.finditer(text))
 
 
 def detect_kind(filename: str | None, data: bytes) -> str:
@@ -73,10 +146,38 @@ def _decode_utf8(data: bytes) -> str:
     return text
 
 
-def _parse_html(data: bytes) -> str:
-    from bs4 import BeautifulSoup
+_MARK = re.compile("\ue000([1-6])\ue001")
 
-    return html_text(BeautifulSoup(_decode_utf8(data), "html.parser"))
+
+def _parse_html(data: bytes) -> tuple[str, tuple[tuple[int, str], ...]]:
+    """The page's text (:func:`html_text`) and where its ``h1``..``h6`` headings start in it."""
+    from bs4 import BeautifulSoup, NavigableString
+
+    soup = BeautifulSoup(_decode_utf8(data), "html.parser")
+    for tag in soup.find_all(["h1", "h2", "h3", "h4", "h5", "h6"]):
+        tag.insert(0, NavigableString(f"\ue000{tag.name[1]}\ue001"))  # a line of its own in html_text
+    out: list[str] = []
+    heads: list[tuple[int, int, str]] = []
+    pending, pos, blank = None, 0, False
+    for ln in html_text(soup).split("\n"):  # drop the marks, then collapse blank lines as html_text does
+        if m := _MARK.fullmatch(ln):
+            pending = int(m.group(1))
+            continue
+        if not ln:
+            if out and not blank:
+                out.append("")
+                pos += 1
+                blank = True
+            continue
+        if pending is not None:
+            heads.append((pos, pending, ln))
+            pending = None
+        out.append(ln)
+        pos += len(ln) + 1
+        blank = False
+    while out and not out[-1]:
+        out.pop()
+    return "\n".join(out), _paths(heads)
 
 
 def html_text(root: Tag) -> str:
@@ -98,21 +199,11 @@ def html_text(root: Tag) -> str:
     return "\n".join(out).strip()
 
 
-def _parse_pdf(data: bytes) -> str:
-    from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
+def _parse_pdf(data: bytes) -> tuple[str, list[int]]:
+    """The text layer in reading order, and where each page starts in it (``formats_pdf``)."""
+    from longrag.retrieval.formats_pdf import parse_pdf
 
-    try:
-        reader = PdfReader(io.BytesIO(data))
-        pages = [(page.extract_text() or "").strip() for page in reader.pages]
-    except (PdfReadError, ValueError, KeyError) as exc:
-        raise DecodeError(f"could not read the PDF: {exc}") from None
-    text = "\n\n".join(p for p in pages if p)
-    if not text.strip():
-        raise EmptyDocumentError(
-            "the PDF has no text layer (a scanned image?); run OCR first and upload the result"
-        )
-    return text
+    return parse_pdf(data)
 
 
 def _parse_zipped(kind: str, data: bytes) -> str:
@@ -131,14 +222,20 @@ def parse_bytes(data: bytes, filename: str | None = None) -> ParsedDocument:
     if not data:
         raise EmptyDocumentError("the file is empty (0 bytes)")
     kind = detect_kind(filename, data)
+    pages = sections = None
     if kind == "pdf":
-        text = _parse_pdf(data)
+        text, pages = _parse_pdf(data)
     elif kind == "html":
-        text = _parse_html(data)
+        text, sections = _parse_html(data)
     elif kind in ZIP_TYPES.values():
         text = _parse_zipped(kind, data)
     else:
         text = _decode_utf8(data)
     if not text.strip():
         raise EmptyDocumentError("the document has no text (only whitespace)")
-    return ParsedDocument(text=text, kind=kind)
+    if kind == "markdown":
+        sections = markdown_sections(text)
+    elif kind == "pptx":
+        sections = slide_sections(text)
+    return ParsedDocument(text=text, kind=kind, pages=tuple(pages) if pages is not None else None,
+                          sections=sections or None)

@@ -10,7 +10,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from longrag.config import Settings, get_settings
@@ -30,6 +30,19 @@ class Evidence:
     start: int
     end: int
     text: str
+    page: int | None = None  # 1-based PDF page where the span starts
+    section: str | None = None  # heading path ("Guide > Install") where the format has headings
+
+
+def placed(corpus: Corpus, evidence: Sequence[Evidence]) -> list[Evidence]:
+    """``evidence`` with page and section filled in from the document's stored layout."""
+    out = []
+    for e in evidence:
+        if e.page is None and e.section is None:
+            page, section = corpus.locate(e.doc_id, e.start)
+            e = replace(e, page=page, section=section) if page is not None or section is not None else e
+        out.append(e)
+    return out
 
 
 @dataclass
@@ -250,8 +263,8 @@ def ground(
                     if all(ev != e for _, _, e in scored):
                         scored.append((-len(asked & set(sent_words)), rank, ev))
     if scored:
-        return [ev for _, _, ev in sorted(scored, key=lambda t: (t[0], t[1]))[:limit]]
-    return [Evidence(h.doc_id, h.start, h.end, h.text) for h in hits[:limit]]
+        return placed(corpus, [ev for _, _, ev in sorted(scored, key=lambda t: (t[0], t[1]))[:limit]])
+    return placed(corpus, [Evidence(h.doc_id, h.start, h.end, h.text) for h in hits[:limit]])
 
 
 class QAPipeline:
@@ -280,7 +293,9 @@ class QAPipeline:
         question.doc_ids = self.corpus.check_docs(question.doc_ids)
         if not self.corpus.list():
             raise InvalidRequestError("no documents are ingested yet")
-        return judge(MODES[question.mode](self, question, on_token))
+        answer = MODES[question.mode](self, question, on_token)
+        answer.evidence = placed(self.corpus, answer.evidence)  # modes that build their own (cfic)
+        return judge(answer)
 
     # -- shared steps used by the modes ---------------------------------------------------------
     def retrieve(self, question: Question) -> tuple[list[Hit], float]:
