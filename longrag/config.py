@@ -136,6 +136,7 @@ class Settings(BaseSettings):
     # None: the embedded SQLite file under data_dir; postgresql://user:pass@host/db: a shared
     # PostgreSQL server (API and worker hosts then share no disk; docs/service.md)
     database_url: str | None = None
+    text_cache_chars: int = 200_000_000  # parsed texts kept in memory per process for search hits
     api_key: str | None = None
 
     # Service and workers (docs/service.md)

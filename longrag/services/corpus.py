@@ -14,6 +14,7 @@ import logging
 import shutil
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -72,6 +73,35 @@ IngestHook = Callable[["Corpus", str, ParsedUnits], None]
 SentenceKV state, ...). Hooks store their results with ``corpus.store.put_artifact``."""
 
 
+class TextCache:
+    """Parsed texts by document id, least recently used out first, at most ``max_chars`` in all.
+
+    A document id is its content's hash, so a cached text never goes stale: a search reads each
+    hit's document from the database once per process, not once per hit."""
+
+    def __init__(self, max_chars: int) -> None:
+        self.max_chars = max_chars
+        self._texts: OrderedDict[str, str] = OrderedDict()
+        self._chars = 0
+        self._lock = threading.Lock()
+
+    def get(self, doc_id: str, load: Callable[[str], str]) -> str:
+        with self._lock:
+            text = self._texts.get(doc_id)
+            if text is not None:
+                self._texts.move_to_end(doc_id)
+                return text
+        text = load(doc_id)
+        with self._lock:
+            if doc_id not in self._texts and len(text) <= self.max_chars:
+                self._texts[doc_id] = text
+                self._chars += len(text)
+                while self._chars > self.max_chars:
+                    _, old = self._texts.popitem(last=False)
+                    self._chars -= len(old)
+        return text
+
+
 @dataclass(frozen=True, slots=True)
 class IngestResult:
     doc_id: str
@@ -98,6 +128,7 @@ class Corpus:
         self._embedder: Embedder | None = None
         self._indexes: dict[str, tuple[int, VectorIndex]] = {}
         self._mutex = threading.RLock()
+        self._texts = TextCache(self.settings.text_cache_chars)
         self._lexical: tuple[int, object] | None = None  # (generation, BM25Index) for bm25/hybrid
         self._titles: tuple[int, TitleLinks, dict[str, int]] | None = None  # (generation, links, lead chunks)
         if type(self.vector_builders) is _DefaultBuilders:
@@ -235,8 +266,11 @@ class Corpus:
                 )
                 for kind, vecs in vectors.items():
                     self.store.insert_vectors(conn, kind, chunk_ids, vecs)
-                self.store.bump_generation(conn)
-            self._apply_to_indexes(lambda index, kind: index.add(np.asarray(chunk_ids), vectors[kind]), vectors)
+                for art, blob in parsed.artifacts().items():  # PDF page starts, headings: Corpus.locate
+                    self.store.put_artifact(doc_id, art, blob, conn)
+                generation = self.store.bump_generation(conn)
+            self._apply_to_indexes(lambda index, kind: index.add(np.asarray(chunk_ids), vectors[kind]), vectors,
+                                   generation)
         for i, hook in enumerate(self.ingest_hooks):
             report("cache", 0.92 + 0.07 * i / len(self.ingest_hooks))
             hook(self, doc_id, units)
@@ -254,12 +288,12 @@ class Corpus:
             )
         return self.ingest_bytes(path.read_bytes(), path.name, progress=progress)
 
-    def _apply_to_indexes(self, change: Callable[[VectorIndex, str], object], kinds: Sequence[str] | dict) -> None:
-        """Apply a change (already committed, under the write lock) to each kind's index file.
+    def _apply_to_indexes(self, change: Callable[[VectorIndex, str], object], kinds: Sequence[str] | dict,
+                          generation: int) -> None:
+        """Apply a change (committed as ``generation``, under the write lock) to each kind's index file.
 
         The file is changed in place when it reflects the generation just before this write;
         one that lags further (another host wrote meanwhile) is rebuilt from the database."""
-        generation = self.store.generation()
         for kind in kinds:
             path = self._index_path(kind)
             index = None
@@ -284,14 +318,22 @@ class Corpus:
     def text(self, doc_id: str) -> str:
         return self.store.text(doc_id)
 
+    def locate(self, doc_id: str, offset: int) -> tuple[int | None, str | None]:
+        """The 1-based page and the heading path at ``offset`` of a document's text (None: the
+        format has none, or the document was ingested before they were stored)."""
+        from longrag.retrieval.parse import locate
+
+        return locate(self.store.get_artifact(doc_id, "pages"), self.store.get_artifact(doc_id, "sections"), offset)
+
     def delete(self, doc_id: str) -> DocumentInfo:
         with self._write_lock():
             info = self.store.get(doc_id)
             with self.store.transaction() as conn:
                 chunk_ids = self.store.delete_document(conn, doc_id)
-                self.store.bump_generation(conn)
+                generation = self.store.bump_generation(conn)
             kinds = [k for k in self.vector_builders]
-            self._apply_to_indexes(lambda index, kind: index.remove(np.asarray(chunk_ids, np.int64)), kinds)
+            self._apply_to_indexes(lambda index, kind: index.remove(np.asarray(chunk_ids, np.int64)), kinds,
+                                   generation)
             for name in DOC_CACHE_DIRS:  # per-document file caches (SentenceKV state, ...)
                 shutil.rmtree(self.settings.data_dir / name / doc_id, ignore_errors=True)
         return info
@@ -427,5 +469,6 @@ class Corpus:
 
     def hits(self, ids: Sequence[int], scores: Sequence[float]) -> list[Hit]:
         pairs = [(int(i), float(s)) for i, s in zip(ids, scores) if int(i) >= 0]
-        rows = self.store.chunk_rows([i for i, _ in pairs])
-        return [Hit(r.doc_id, r.start, r.end, r.text, score, cid) for cid, score in pairs if (r := rows.get(cid))]
+        rows = self.store.chunk_rows([i for i, _ in pairs])  # a deleted document's chunks have none
+        return [Hit(r.doc_id, r.start, r.end, self._texts.get(r.doc_id, self.store.text)[r.start : r.end], score, cid)
+                for cid, score in pairs if (r := rows.get(cid))]

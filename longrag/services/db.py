@@ -91,6 +91,14 @@ class Database:
     def migration_lock(self) -> Any:
         raise NotImplementedError
 
+    def announce(self, tx: Executor, key: str, value: str) -> None:
+        """Tell every process watching this database that the ``meta`` row ``key`` is now
+        ``value`` (when the transaction ``tx`` commits). SQLite: nothing to do."""
+
+    def announced(self, key: str) -> str | None:
+        """The latest announced value of ``key``; None: unknown, read the ``meta`` row."""
+        return None
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -119,11 +127,12 @@ class SQLiteDatabase(Database):
         self.url = f"sqlite:///{path}"
         path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
         self._lock = threading.RLock()
         self._writers = threading.RLock()
+        with self.write_lock():  # switching to WAL needs the file alone: processes opening it at once take turns
+            self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
 
     def execute(self, sql: str, params: Params = ()) -> Rows:
         with self._lock:
@@ -206,6 +215,7 @@ class PostgresDatabase(Database):
         self._pool = ConnectionPool(url, min_size=1, max_size=max_connections, open=True,
                                     timeout=connect_timeout_s * 3, kwargs={"autocommit": True})
         self._lost = psycopg.OperationalError
+        self._watch = _MetaWatcher(url)
 
     def execute(self, sql: str, params: Params = ()) -> Rows:
         # A pooled connection may have died with a server restart: the pool drops it when it
@@ -240,8 +250,58 @@ class PostgresDatabase(Database):
     def migration_lock(self) -> Any:
         return self._session_lock(_MIGRATE_KEY)
 
+    def announce(self, tx: Executor, key: str, value: str) -> None:
+        tx.execute("SELECT pg_notify(?, ?)", (_CHANNEL, f"{key}={value}"))
+
+    def announced(self, key: str) -> str | None:
+        return self._watch.value(key)
+
     def close(self) -> None:
+        self._watch.close()
         self._pool.close()
+
+
+_CHANNEL = "longrag_meta"
+
+
+class _MetaWatcher:
+    """``LISTEN`` on a connection of its own, in a daemon thread: the announced ``meta`` values
+    (the store's generation) are known without a round trip per search. Until it listens, and
+    whenever its connection is lost, it knows nothing and readers query the ``meta`` row."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._values: dict[str, str] | None = None
+        self._closed = threading.Event()
+        threading.Thread(target=self._run, name="longrag-meta-watch", daemon=True).start()
+
+    def value(self, key: str) -> str | None:
+        values = self._values
+        return None if values is None else values.get(key)
+
+    def _run(self) -> None:
+        import psycopg
+
+        while not self._closed.is_set():
+            try:
+                with psycopg.connect(self._url, autocommit=True, connect_timeout=10) as conn:
+                    conn.execute(f"LISTEN {_CHANNEL}")
+                    # read after LISTEN: a change committed in between arrives as a notification
+                    self._values = dict(conn.execute("SELECT key, value FROM meta WHERE key='generation'").fetchall())
+                    while not self._closed.is_set():
+                        for note in conn.notifies(timeout=1.0):
+                            key, _, value = note.payload.partition("=")
+                            values = self._values or {}
+                            if key not in values or int(value) > int(values[key]):
+                                self._values = {**values, key: value}
+            except psycopg.Error as exc:
+                if not self._closed.is_set():
+                    log.warning("lost the database's announcements (%s); reading the meta row until back", exc)
+            self._values = None
+            self._closed.wait(1.0)
+
+    def close(self) -> None:
+        self._closed.set()  # the thread leaves within a second
 
 
 # -- opening --------------------------------------------------------------------------------------

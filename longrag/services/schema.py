@@ -28,8 +28,7 @@ _TYPES = {
 
 META = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
-Statement = str | dict[str, str]  # a dict: only for the engines it names
-MIGRATIONS: list[tuple[int, list[Statement]]] = [
+MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [  # documents, their units and vectors; jobs; conversations
         """CREATE TABLE IF NOT EXISTS documents (
           doc_id TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, title TEXT NOT NULL, filename TEXT,
@@ -70,20 +69,13 @@ MIGRATIONS: list[tuple[int, list[Statement]]] = [
     (2, [  # uploaded bytes wait here for a worker on any host (no shared file system)
         """CREATE TABLE IF NOT EXISTS uploads (
           sha256 TEXT PRIMARY KEY, data {blob} NOT NULL, created_at {real} NOT NULL){norowid}""",
-        # PostgreSQL: texts stored uncompressed out of line, so cutting a hit's chunk out of its
-        # document reads only the pages it spans
-        {"postgresql": "ALTER TABLE documents ALTER COLUMN text SET STORAGE EXTERNAL"},
     ]),
 ]
 LATEST = MIGRATIONS[-1][0]
 
 
-def render(statement: Statement, dialect: str) -> str | None:
-    """The statement for ``dialect`` with its types filled in (None: not for this engine)."""
-    if isinstance(statement, dict):
-        statement = statement.get(dialect)
-        if statement is None:
-            return None
+def render(statement: str, dialect: str) -> str:
+    """The statement for ``dialect``, its types filled in."""
     return statement.format(**_TYPES[dialect])
 
 
@@ -113,9 +105,7 @@ def migrate(db: Database) -> int:
                 continue
             with db.transaction() as tx:
                 for statement in statements:
-                    sql = render(statement, db.dialect)
-                    if sql is not None:
-                        tx.execute(sql)
+                    tx.execute(render(statement, db.dialect))
                 tx.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
                            "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(number),))
             log.info("database %s: schema version %d", db.url, number)

@@ -37,7 +37,6 @@ class ChunkRow:
     doc_id: str
     start: int
     end: int
-    text: str  # the document's text[start:end]
 
 
 _DOC_COLS = "doc_id, title, filename, kind, n_bytes, n_chars, n_sentences, n_chunks, created_at"
@@ -101,9 +100,7 @@ class Store:
         for i in range(0, len(ids), 900):
             part = ids[i : i + 900]
             marks = ",".join("?" * len(part))
-            # the chunk's text cut in the database: a hit does not ship its whole document
-            q = ('SELECT c.chunk_id, c.doc_id, c.start, c."end", substr(d.text, CAST(c.start + 1 AS INTEGER), CAST(c."end" - c.start AS INTEGER)) '
-                 f"FROM chunks c JOIN documents d ON d.doc_id = c.doc_id WHERE c.chunk_id IN ({marks})")
+            q = f'SELECT chunk_id, doc_id, start, "end" FROM chunks WHERE chunk_id IN ({marks})'
             for r in self._conn.execute(q, part):
                 out[r[0]] = ChunkRow(*r)
         return out
@@ -183,8 +180,9 @@ class Store:
         return ids
 
     # -- per-document artifacts (caches computed at ingestion by later techniques) ----------
-    def put_artifact(self, doc_id: str, name: str, data: bytes) -> None:
-        self._conn.execute(
+    def put_artifact(self, doc_id: str, name: str, data: bytes, conn: Executor | None = None) -> None:
+        """Store (or replace) a document's artifact, in the writer's transaction ``conn`` if given."""
+        (conn or self._conn).execute(
             "INSERT INTO artifacts (doc_id, name, data) VALUES (?,?,?) "
             "ON CONFLICT (doc_id, name) DO UPDATE SET data = excluded.data", (doc_id, name, data)
         )
@@ -195,12 +193,22 @@ class Store:
 
     # -- generation counter: bumps on every change so other processes reload indexes --------
     def generation(self) -> int:
+        """The store's generation: from the database's announcements when it makes them
+        (PostgreSQL), else read from the ``meta`` row."""
+        announced = self.db.announced(GENERATION)
+        if announced is not None:
+            return int(announced)
         row = self._conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()
         return int(row[0]) if row else 0
 
-    @staticmethod
-    def bump_generation(conn: Executor) -> None:
-        conn.execute(
+    def bump_generation(self, conn: Executor) -> int:
+        """Move the generation on (in the writer's transaction ``conn``); returns the new one."""
+        row = conn.execute(
             "INSERT INTO meta (key, value) VALUES ('generation', '1') ON CONFLICT (key) "
-            "DO UPDATE SET value = CAST(CAST(meta.value AS INTEGER) + 1 AS TEXT)"
-        )
+            "DO UPDATE SET value = CAST(CAST(meta.value AS INTEGER) + 1 AS TEXT) RETURNING value"
+        ).fetchone()
+        self.db.announce(conn, GENERATION, row[0])
+        return int(row[0])
+
+
+GENERATION = "generation"

@@ -153,3 +153,22 @@ def test_title_link_hop_adds_the_named_documents_opening(corpus: Corpus):
     assert [h.doc_id for h in pipe.retrieve(Question(query, k=3, retriever="bm25"))[0]] == [film, person]
     corpus.delete(person)
     assert [h.doc_id for h in corpus.search(query, k=3, retriever="bm25", link_hop=1)] == [film]
+
+
+def test_text_cache_keeps_the_most_recent_texts_within_its_budget():
+    from longrag.services.corpus import TextCache
+
+    loads: list[str] = []
+
+    def load(doc_id: str) -> str:
+        loads.append(doc_id)
+        return doc_id * 10
+
+    cache = TextCache(max_chars=25)
+    assert cache.get("a", load) == "a" * 10 and cache.get("b", load) == "b" * 10
+    assert cache.get("a", load) == "a" * 10 and loads == ["a", "b"]  # served from memory
+    cache.get("c", load)  # 30 chars > 25: the least recently used ("b") goes
+    cache.get("a", load)
+    cache.get("b", load)
+    assert loads == ["a", "b", "c", "b"]
+    assert TextCache(max_chars=5).get("x", load) == "x" * 10  # too big to keep, still returned

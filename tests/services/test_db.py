@@ -13,7 +13,7 @@ from longrag.errors import DatabaseError, InvalidRequestError
 from longrag.services.conversations import ConversationStore
 from longrag.services.corpus import Corpus
 from longrag.services.db import PostgresDatabase, SQLiteDatabase, connect, database_url
-from longrag.services.jobs import JobStore
+from longrag.services.job_store import JobStore
 from longrag.services.migrate import copy_store
 from longrag.services.schema import LATEST, version
 
