@@ -101,6 +101,8 @@ class EvidenceSpan:
     start: int
     end: int
     text: str
+    page: int | None = None  # 1-based page (PDF) or slide (PPTX), where the format has pages
+    section: str | None = None  # heading path, e.g. "Guide > Install"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +124,8 @@ class QueryResult:
     def from_json(cls, data: dict[str, Any]) -> QueryResult:
         return cls(
             answer=str(data.get("answer", "")),
-            evidence=[EvidenceSpan(str(e["doc_id"]), int(e["start"]), int(e["end"]), str(e["text"]))
+            evidence=[EvidenceSpan(str(e["doc_id"]), int(e["start"]), int(e["end"]), str(e["text"]),
+                                   e.get("page"), e.get("section"))
                       for e in data.get("evidence") or []],
             timings={k: float(v) for k, v in (data.get("timings") or {}).items() if isinstance(v, (int, float))},
             stats=dict(data.get("stats") or {}),

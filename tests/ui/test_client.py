@@ -86,3 +86,10 @@ def test_mode_options_reads_each_api_shape_in_one_request(status, body, expected
                                                             transport=httpx.MockTransport(answer)))
     assert api.mode_options() == expected and calls == ["/v1/modes"]
     assert api.modes() == list(expected)
+
+
+def test_evidence_keeps_page_and_section_where_the_format_has_them() -> None:
+    result = QueryResult.from_json({"answer": "x", "evidence": [
+        {"doc_id": "d", "start": 0, "end": 1, "text": "x", "page": 2, "section": "Guide > Install"},
+        {"doc_id": "d", "start": 2, "end": 3, "text": "y"}]})
+    assert [(e.page, e.section) for e in result.evidence] == [(2, "Guide > Install"), (None, None)]

@@ -108,7 +108,8 @@ def _evidence(result: QueryResult, titles: dict[str, str], radius: int) -> None:
     for i, ev in enumerate(result.evidence, 1):
         with st.container(border=True):
             head, link = st.columns([5, 1], vertical_alignment="center")
-            head.markdown(f"**Evidence {i}** · {titles.get(ev.doc_id, ev.doc_id)} · "
+            where = "".join([f" · page {ev.page}" if ev.page else "", f" · {ev.section}" if ev.section else ""])
+            head.markdown(f"**Evidence {i}** · {titles.get(ev.doc_id, ev.doc_id)}{where} · "
                           f"characters `{ev.start:,}–{ev.end:,}`")
             link.page_link(VIEWS / "reader.py", label="Open at position", icon=":material/open_in_new:",
                            query_params={"doc": ev.doc_id, "start": str(ev.start), "end": str(ev.end)})
