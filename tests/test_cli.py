@@ -121,3 +121,30 @@ def test_cli_chat_rewrites_follow_ups_and_stores_the_conversation(tmp_path: Path
     assert last["stats"]["turn"] == 2 and last["stats"]["standalone_question"].startswith("When did Ada Lovelace")
     bad = run("chat", "--conversation", "nope")
     assert bad.returncode == 2 and "no conversation" in bad.stderr
+
+
+def test_cli_migrate_copies_the_store_to_postgresql_and_bad_urls_stop_servers(tmp_path: Path, postgres):
+    src = tmp_path / "ada.txt"
+    src.write_bytes(TEXT.encode())
+    assert run("ingest", str(src), "--json").returncode == 0
+    [doc] = json.loads(run("docs", "--json").stdout)
+    source = f"sqlite:///{os.environ['LONGRAG_DATA_DIR']}/longrag.sqlite3"
+    target = postgres.create_database()
+    out = run("migrate", "--from", source, "--to", target, "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["verified"] and report["copied_documents"] == 1 and "***" not in report["to"]
+    assert report["counts"]["chunks"]["source"] == report["counts"]["chunks"]["target"] > 0
+    again = json.loads(run("migrate", "--from", source, "--to", target, "--json").stdout)
+    assert (again["copied_documents"], again["skipped_documents"], again["verified"]) == (0, 1, True)
+    # the same store read through PostgreSQL by a host with an empty data dir of its own
+    other = {"LONGRAG_DATABASE_URL": target, "LONGRAG_DATA_DIR": str(tmp_path / "other-host")}
+    assert run("show", doc["doc_id"], env_extra=other).stdout == TEXT
+    upgraded = json.loads(run("migrate", "--json", env_extra=other).stdout)
+    assert upgraded["schema_version"] == upgraded["latest"]
+    for command in (["serve", "--port", "1"], ["worker"]):  # a wrong password stops a server at start
+        bad = run(*command, env_extra={"LONGRAG_DATABASE_URL": postgres.url(user="secret", password="wrong"),
+                                       "LONGRAG_BROKER_URL": "redis://127.0.0.1:1/0"})
+        assert bad.returncode == 2 and "cannot connect" in bad.stderr and "wrong" not in bad.stderr, bad.stderr
+    bad = run("migrate", "--from", source, "--to", "mysql://x/y")
+    assert bad.returncode == 2 and "scheme" in bad.stderr
