@@ -24,11 +24,11 @@ import numpy as np
 
 from longrag.config import Settings, get_settings
 from longrag.errors import EmptyDocumentError, FileTooLargeError, InvalidRequestError, NotFoundError
-from longrag.retrieval.chunking import sentence_chunks
+from longrag.retrieval.chunking import chunk_starts, sentence_chunks
 from longrag.retrieval.embed import Embedder
 from longrag.retrieval.index import VectorIndex
 from longrag.retrieval.links import TitleLinks, link_hop
-from longrag.retrieval.parse import parse_bytes
+from longrag.retrieval.parse import ParsedDocument, parse_bytes
 from longrag.retrieval.segment import split_sentences
 from longrag.retrieval.types import Chunk, Hit, Sentence
 from longrag.services.db import open_database
@@ -71,6 +71,11 @@ DENSE_RETRIEVERS = ("chunk", "situated")
 IngestHook = Callable[["Corpus", str, ParsedUnits], None]
 """Runs after a new document is committed (per-document caches: REFRAG chunk embeddings,
 SentenceKV state, ...). Hooks store their results with ``corpus.store.put_artifact``."""
+
+
+def _breaks(parsed: ParsedDocument) -> list[int]:
+    """Where the parsed text's pages and sections start: chunks do not run across them."""
+    return [*(parsed.pages or ()), *(offset for offset, _ in parsed.sections or ())]
 
 
 class TextCache:
@@ -211,7 +216,8 @@ class Corpus:
         if not sentences:
             raise EmptyDocumentError("the document has no sentences")
         counts = self.embedder.count_tokens([parsed.text[s.start : s.end] for s in sentences])
-        chunks = sentence_chunks(sentences, counts, target_tokens=self.settings.chunk_tokens)
+        chunks = sentence_chunks(sentences, counts, target_tokens=self.settings.chunk_tokens,
+                                 starts=chunk_starts(sentences, _breaks(parsed)))
         return ParsedUnits(parsed.text, sentences, chunks)
 
     def ingest_bytes(
@@ -244,7 +250,8 @@ class Corpus:
         if not sentences:
             raise EmptyDocumentError("the document has no sentences")
         counts = self.embedder.count_tokens([parsed.text[s.start : s.end] for s in sentences])
-        chunks = sentence_chunks(sentences, counts, target_tokens=self.settings.chunk_tokens)
+        chunks = sentence_chunks(sentences, counts, target_tokens=self.settings.chunk_tokens,
+                                 starts=chunk_starts(sentences, _breaks(parsed)))
         units = ParsedUnits(parsed.text, sentences, chunks)
         report("embed", 0.3)
         vectors: dict[str, np.ndarray] = {}

@@ -61,3 +61,23 @@ def test_chunks_are_whole_sentences_under_target():
         n = sum(counts[c.first_sentence : c.last_sentence + 1])
         assert n <= 5 or c.first_sentence == c.last_sentence
         assert c.start == sents[c.first_sentence].start and c.end == sents[c.last_sentence].end
+
+
+def test_chunks_never_cross_a_page_or_heading_and_a_heading_leads_its_section():
+    from longrag.retrieval.chunking import chunk_starts
+    from longrag.retrieval.parse import markdown_sections
+
+    text = ("# Minutes\n\nThe board met at noon. Ann chaired it.\n\nThe budget passed. It was late.\n\n"
+            "## Votes\n\nBob voted no. Cy voted yes.\nDee abstained.")
+    sents = split_sentences(text)
+    starts = chunk_starts(sents, [o for o, _ in markdown_sections(text)])
+    chunks = sentence_chunks(sents, [1] * len(sents), target_tokens=100, starts=starts)
+    assert [text[c.start:c.end] for c in chunks] == [
+        "# Minutes\n\nThe board met at noon. Ann chaired it.\n\nThe budget passed. It was late.",
+        "## Votes\n\nBob voted no. Cy voted yes.\nDee abstained.",  # the heading leads the section under it
+    ]
+    # a page start inside a paragraph ends the chunk there too
+    page2 = text.index("It was late.")
+    paged = sentence_chunks(sents, [1] * len(sents), target_tokens=100, starts=chunk_starts(sents, [page2]))
+    assert [text[c.start:c.end] for c in paged][0].endswith("The budget passed.")
+    assert sentence_chunks(sents, [1] * len(sents), target_tokens=100)[0].last_sentence == len(sents) - 1
