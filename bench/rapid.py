@@ -35,7 +35,7 @@ and answer F1 are compared on equal terms:
   as the product does with ``LONGRAG_RAPID_WARM_START``; the questions run in the listed order;
 - ``hybrid_plus``: n-gram lookup in the retrieved context, then in the whole target context
   (``LONGRAG_RAPID_NGRAM_WHOLE_CONTEXT``), the LLM drafter only while its measured rounds beat
-  plain target steps (``LONGRAG_RAPID_ADAPTIVE``);
+  plain target steps (``bench.rapid_variants.AdaptiveHybridDrafter``, an ablation);
 - with ``--sentencekv``: ``skv_target`` (target-only decoding on a SentenceKV cache of the same
   prompt, the product's ``LONGRAG_SENTENCEKV_*`` settings) and ``rapid_skv_eta0`` /
   ``rapid_skv_eta{E}`` (RAPID with that SentenceKV target); their ``speedup_vs_skv_target`` compares
@@ -339,6 +339,7 @@ def main() -> None:
         DraftLength, HybridDrafter, KVState, LearntLengths, LMDrafter, NgramDrafter, RapidConfig, autoregressive,
         rapid_generate, retrieve_context,
     )
+    from bench.rapid_variants import AdaptiveHybridDrafter
     from longrag.models.registry import load_decoder, load_embedder
     from longrag.retrieval.embed import Embedder
 
@@ -536,9 +537,9 @@ def main() -> None:
                     record(name, rapid_generate(target, hyb, tok, ids, config=cfg0))
                 # n-grams from the retrieved context, then the whole target context; the LLM only while it pays
                 if "hybrid_plus" in methods:
-                    plus = HybridDrafter(NgramDrafter(draft_ids, min_ngram=1, fallback_ids=ids),
-                                         LMDrafter(dmodel, draft_ids, min_confidence=args.min_confidence, state=dstate),
-                                         adaptive=True)
+                    plus = AdaptiveHybridDrafter(
+                        NgramDrafter(draft_ids, min_ngram=1, fallback_ids=ids),
+                        LMDrafter(dmodel, draft_ids, min_confidence=args.min_confidence, state=dstate))
                     record("hybrid_plus", rapid_generate(target, plus, tok, ids, config=cfg0),
                            {"llm_rounds": plus.tally["llm"][0], "plain_steps": plus.tally["plain"][0]})
             if args.sentencekv:  # the same prompt in a SentenceKV cache (prefilled once, reused by crop)

@@ -60,9 +60,14 @@ def _emit(obj, as_json: bool, human) -> None:
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress to stderr.")] = False) -> None:
+    from longrag.config import get_settings
     from longrag.services.runtime import configure_logging
 
     configure_logging(logging.INFO if verbose else logging.WARNING)
+    try:
+        get_settings()  # a bad LONGRAG_* value: one clear line, not a traceback from inside a command
+    except LongragError as exc:
+        _fail(exc)
 
 
 @app.command()

@@ -40,6 +40,13 @@ class InvalidRequestError(LongragError):
     http_status = 422
 
 
+class ConfigError(LongragError):
+    """A ``LONGRAG_*`` environment variable holds a value its setting does not accept."""
+
+    code = "config_error"
+    http_status = 500
+
+
 class ModelIntegrityError(LongragError):
     code = "model_integrity"
     http_status = 500

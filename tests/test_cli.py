@@ -51,7 +51,9 @@ def test_cli_round_trip(tmp_path: Path, tiny_decoder_dir: Path):
     assert {"answer", "evidence", "timings", "stats"} <= set(obj)
     assert set(obj["timings"]) >= {"retrieval_ms", "ttft_ms", "total_ms", "tokens_per_s"}
     for ev in obj["evidence"]:
-        assert set(ev) == {"doc_id", "start", "end", "text"} and TEXT[ev["start"] : ev["end"]] == ev["text"]
+        # page and section extend the contract (null for plain text, which has neither)
+        assert set(ev) == {"doc_id", "start", "end", "text", "page", "section"} and TEXT[ev["start"] : ev["end"]] == ev["text"]
+        assert ev["page"] is None and ev["section"] is None
 
     # mode options from the command line, as the REST API's "options"
     env = {"LONGRAG_DECODER": str(tiny_decoder_dir)}

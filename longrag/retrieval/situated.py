@@ -33,10 +33,14 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from longrag.retrieval.embed import Embedder
+
+if TYPE_CHECKING:
+    from longrag.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -400,17 +404,18 @@ def situated_texts(doc: UnitDoc, *, lead_chars: tuple[int, int] | None = None, u
     return out
 
 
-def config_from_settings(settings: object) -> SituatedConfig:
-    """A :class:`SituatedConfig` from the product's ``Settings`` (``situated_*`` fields)."""
-    weights = getattr(settings, "situated_weights", None)
+def config_from_settings(settings: Settings) -> SituatedConfig:
+    """A :class:`SituatedConfig` from the product's settings (``LONGRAG_SITUATED_*``); the
+    options without a setting (``paragraph``, ``use_title``, ``late_overlap``) keep their defaults."""
+    weights = settings.situated_weights
     return SituatedConfig(
-        strategy=getattr(settings, "situated_strategy", "residual"),
-        context=getattr(settings, "situated_context", "pool"),
-        window=getattr(settings, "situated_window", 2),
-        lead=getattr(settings, "situated_lead", 1),
-        alpha=getattr(settings, "situated_alpha", 0.5),
-        beta=getattr(settings, "situated_beta", 0.5),
-        late_max_tokens=getattr(settings, "situated_late_max_tokens", 256),
+        strategy=settings.situated_strategy,
+        context=settings.situated_context,
+        window=settings.situated_window,
+        lead=settings.situated_lead,
+        alpha=settings.situated_alpha,
+        beta=settings.situated_beta,
+        late_max_tokens=settings.situated_late_max_tokens,
         weights=str(weights) if weights else None,
     )
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 from scipy.stats import chisquare
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -281,7 +282,7 @@ def test_eta_zero_first_token_distribution_with_real_tiny_models(tiny, other):
 # -- greedy: exact equality with target-only decoding -------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["llm", "hybrid", "ngram", "hybrid_plus", "ngram_cost", "hybrid_cost"])
+@pytest.mark.parametrize("kind", ["llm", "hybrid", "ngram", "hybrid_whole", "ngram_cost", "hybrid_cost"])
 def test_greedy_eta_zero_equals_target_greedy(tiny, other, kind):
     tok, model = tiny
     for question in ("What is the capital of France?", "How long did she stay?"):
@@ -291,7 +292,7 @@ def test_greedy_eta_zero_equals_target_greedy(tiny, other, kind):
         llm = LMDrafter(other, draft_ids, min_confidence=0.0)  # a drafter that is often wrong
         drafter = {"llm": llm, "ngram": NgramDrafter(draft_ids),
                    "hybrid": HybridDrafter(NgramDrafter(draft_ids), llm),
-                   "hybrid_plus": HybridDrafter(NgramDrafter(draft_ids, fallback_ids=ids), llm, adaptive=True),
+                   "hybrid_whole": HybridDrafter(NgramDrafter(draft_ids, fallback_ids=ids), llm),
                    "ngram_cost": NgramDrafter(ids, min_agreement=0.5, length=DraftLength()),
                    "hybrid_cost": HybridDrafter(NgramDrafter(draft_ids, min_agreement=0.5, length=DraftLength()),
                                                 llm)}[kind]
@@ -461,44 +462,6 @@ def test_carried_estimates_start_the_next_answer_where_the_last_one_ended():
     assert store.start(("m", "llm", 13), DraftLength.for_llm).acceptance == pytest.approx(0.7)  # other key
 
 
-def test_adaptive_hybrid_drafts_with_the_llm_only_while_it_pays():
-    from longrag.generation.rapid import Draft
-
-    class Never(NgramDrafter):
-        def propose(self, generated, gamma, **kw):
-            return Draft([], None, "ngram")
-
-    def run(llm_tokens: int, llm_s: float, plain_s: float) -> list[bool]:
-        hyb = HybridDrafter(Never([1]), llm=None, adaptive=True, explore=2, reprobe=4)  # type: ignore[arg-type]
-        picks = []
-        for _ in range(12):
-            use = hyb.choose(("llm", "plain")) == "llm"
-            picks.append(use)
-            if use:
-                hyb.observe(Draft([1] * 4, None, "llm"), llm_tokens - 1, llm_s)
-            else:
-                hyb.observe(Draft([], None, "none"), 0, plain_s)
-        return picks
-
-    slow = run(llm_tokens=2, llm_s=0.5, plain_s=0.2)  # 4 tok/s vs 5 tok/s: plain steps win
-    assert slow[:3] == [True, True, False] and sum(slow[3:]) <= 3  # only the periodic re-probes
-    fast = run(llm_tokens=5, llm_s=0.5, plain_s=0.2)  # 10 tok/s vs 5 tok/s: the LLM wins
-    assert fast[:3] == [True, True, False] and sum(fast[3:]) >= 6
-    fixed = HybridDrafter(Never([1]), llm=None)  # type: ignore[arg-type]
-    assert all(fixed.choose(("llm", "plain")) == "llm" for _ in range(5))  # not adaptive: the LLM on a miss
-    # three arms when the lookup matched: slow wrong n-gram drafts lose to plain target steps
-    hyb = HybridDrafter(Never([1]), llm=None, adaptive=True, reprobe=100)  # type: ignore[arg-type]
-    cost = {"ngram": (1, 0.45), "llm": (2, 0.5), "plain": (1, 0.2)}  # tokens, seconds per round
-    picks = []
-    for _ in range(10):
-        arm = hyb.choose(("ngram", "llm", "plain"))
-        picks.append(arm)
-        tokens, secs = cost[arm]
-        hyb.observe(Draft([] if arm == "plain" else [1] * 6, None, "none" if arm == "plain" else arm), tokens - 1, secs)
-    assert picks[:5] == ["ngram", "ngram", "llm", "llm", "plain"] and set(picks[5:]) == {"plain"}
-    assert HybridDrafter(Never([1]), llm=None).choose(("ngram", "llm", "plain")) == "ngram"  # type: ignore[arg-type]
-
-
 # -- the QA mode --------------------------------------------------------------------------------
 
 DOC = (
@@ -569,14 +532,14 @@ def test_rapid_mode_empty_retrieval_and_bad_options(tiny_decoder_dir):
             pipe.ask(Question("Who was the Norman leader?", mode="rapid", options=bad))
     with pytest.raises(InvalidRequestError, match="kv"):
         pipe.ask(Question("Who was the Norman leader?", mode="rapid", kv="paged"))
-    odd = _pipe(tiny_decoder_dir, rapid_min_ngram=4, rapid_max_ngram=3)
-    with pytest.raises(InvalidRequestError, match="MIN_NGRAM"):
-        odd.ask(Question("Who was the Norman leader?", mode="rapid", max_new_tokens=4))
-    for bad, match in (({"rapid_draft_length": "forever"}, "DRAFT_LENGTH"),
-                       ({"rapid_ngram_min_agreement": 1.5}, "MIN_AGREEMENT"),
-                       ({"rapid_verify_slope": -0.1}, "VERIFY_SLOPE")):
-        with pytest.raises(InvalidRequestError, match=match):
-            _pipe(tiny_decoder_dir, **bad).ask(Question("Who was the Norman leader?", mode="rapid", max_new_tokens=4))
+    # bad settings stop at Settings(), before any question (tests/test_config.py: the CLI's message)
+    for bad, match in (({"rapid_min_ngram": 4, "rapid_max_ngram": 3}, "MIN_NGRAM"),
+                       ({"rapid_draft_length": "forever"}, "rapid_draft_length"),
+                       ({"rapid_drafter_kind": "oracle"}, "rapid_drafter_kind"),
+                       ({"rapid_ngram_min_agreement": 1.5}, "rapid_ngram_min_agreement"),
+                       ({"rapid_verify_slope": -0.1}, "rapid_verify_slope")):
+        with pytest.raises(ValidationError, match=match):
+            Settings(**bad)
 
 
 @pytest.mark.parametrize("flag", ["consensus", "residual"])

@@ -3,8 +3,7 @@
 * :class:`LMDrafter`: an LLM over the retrieved context (the paper's drafter), with its own cache.
 * :class:`NgramDrafter`: prompt lookup, copying what followed the latest n-gram in a reference
   (the retrieved context, then the target's whole context); free and deterministic.
-* :class:`HybridDrafter`: the n-gram lookup first, the LLM when nothing usable matches; optionally
-  choosing each round by measured speed among an n-gram draft, an LLM draft and a plain step.
+* :class:`HybridDrafter`: the n-gram lookup first, the LLM when nothing usable matches.
 
 The n-gram and hybrid drafters cut their drafts to a cost-aware length (:mod:`.draft_length`).
 """
@@ -174,72 +173,39 @@ class HybridDrafter:
     """Exact n-gram lookup first; the LLM drafter when nothing (usable) matches: no match, an
     ambiguous one, or a cost-aware length of 0 (see :class:`NgramDrafter`).
 
-    With ``adaptive``, each round picks by measured speed among the arms available: an n-gram
-    draft (when the lookup matched), an LLM draft, or a plain target step (an empty draft). Every
-    round's tokens and seconds (drafting + verification, reported by :func:`rapid_generate`
-    through :meth:`observe`) are summed per arm; each arm is first tried ``explore`` times (the
-    plain step once), then the fastest available arm is used, and on every ``reprobe``-th round
-    the other available arms get one more try, since acceptance changes along an answer.
-
     With ``llm_length`` (a :class:`DraftLength` with the LLM's drafting cost) an LLM draft is cut
     to its cost-aware length, and a length of 0 makes the round a plain target step: an LLM
     drafter whose acceptance does not pay for its steps and the longer verification is not used.
     """
 
-    def __init__(self, ngram: NgramDrafter, llm: LMDrafter, *, adaptive: bool = False, explore: int = 2,
-                 reprobe: int = 8, llm_length: DraftLength | None = None) -> None:
+    def __init__(self, ngram: NgramDrafter, llm: LMDrafter, *, llm_length: DraftLength | None = None) -> None:
         self.ngram = ngram
         self.llm = llm
         self.llm_length = llm_length
-        self.adaptive = adaptive
-        self.explore = {"ngram": explore, "llm": explore, "plain": 1}
-        self.reprobe = reprobe
-        self.tally = {arm: [0, 0, 0.0] for arm in ("ngram", "llm", "plain")}  # rounds, tokens, seconds
-        self._rounds = 0
-
-    def rate(self, arm: str) -> float:
-        """Tokens per second of ``arm`` so far in this answer."""
-        _, tokens, seconds = self.tally[arm]
-        return tokens / seconds if seconds > 0 else 0.0
-
-    def choose(self, arms: Sequence[str]) -> str:
-        """The arm to use this round among ``arms`` (``adaptive``: by measured speed)."""
-        if not self.adaptive:
-            return arms[0]
-        self._rounds += 1
-        for arm in arms:
-            if self.tally[arm][0] < self.explore[arm]:
-                return arm
-        ranked = sorted(arms, key=self.rate, reverse=True)
-        if self._rounds % self.reprobe == 0 and len(ranked) > 1:
-            return ranked[1 + (self._rounds // self.reprobe) % (len(ranked) - 1)]
-        return ranked[0]
 
     def observe(self, draft: Draft, accepted: int, seconds: float, *, verify_seconds: float | None = None) -> None:
         """A round's outcome: ``accepted`` draft tokens (+1 token from the target) in ``seconds``
-        (``verify_seconds`` of them verifying); also fed to the n-gram drafter's and the LLM's
+        (``verify_seconds`` of them verifying); fed to the n-gram drafter's and the LLM's
         cost-aware lengths (every round's verification, each kind's own acceptance)."""
         self.ngram.observe(draft, accepted, seconds, verify_seconds=verify_seconds)
         if self.llm_length is not None:
             verifying = seconds if verify_seconds is None else verify_seconds
             self.llm_length.observe_round(draft, accepted, kind="llm", verify_seconds=verifying,
                                           drafting_seconds=max(0.0, seconds - verifying))
-        arm = draft.source if draft.tokens else "plain"
-        if arm in self.tally:
-            t = self.tally[arm]
-            t[0], t[1], t[2] = t[0] + 1, t[1] + accepted + 1, t[2] + seconds
 
     def propose(self, generated: Sequence[int], gamma: int, *, temperature: float,
                 generator: torch.Generator | None) -> Draft:
         d = self.ngram.propose(generated, gamma)
-        arm = self.choose(("ngram", "llm", "plain") if d.tokens else ("llm", "plain"))
-        if arm == "ngram":
+        if d.tokens:
             return d
-        if arm == "plain":
-            return Draft([], None, "none")  # a plain target step
+        return self.llm_draft(generated, gamma, temperature=temperature, generator=generator)
+
+    def llm_draft(self, generated: Sequence[int], gamma: int, *, temperature: float,
+                  generator: torch.Generator | None) -> Draft:
+        """The LLM drafter's proposal, cut to ``llm_length``'s cost-aware length (0: a plain target step)."""
         if self.llm_length is not None:
             gamma = self.llm_length.best(gamma)
             if gamma == 0:
                 self.llm_length.observe_draft(0, 0)
-                return Draft([], None, "none")
+                return Draft([], None, "none")  # a plain target step
         return self.llm.propose(generated, gamma, temperature=temperature, generator=generator)

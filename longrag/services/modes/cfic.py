@@ -16,9 +16,12 @@ import logging
 import threading
 import time
 from dataclasses import fields
+from typing import Literal
 
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from longrag.config import settings_error
 from longrag.errors import InvalidRequestError
 from longrag.generation.decoding import TokenCallback
 from longrag.generation.prompts import context_block
@@ -35,16 +38,16 @@ class CficSettings(BaseSettings):
 
     extractor: str | None = None  # registry decoder that extracts (None: the pipeline's decoder)
     adapter: str | None = None  # LoRA adapter folder merged into a copy of the extractor
-    top_k: int = 3
-    method: str = "prefix"  # prefix | likelihood
-    max_span_sentences: int = 4
-    max_span_words: int = 256
-    no_evidence_threshold: float = 0.5
-    doc_tokens: int | None = None  # document tokens shown (None: the model's window)
-    regions: int = 4
-    score_candidates: int = 0
-    batch_size: int = 4
-    prefix_cache_mb: float = 1024  # KV of recently read documents, reused by later questions (0: off)
+    top_k: int = Field(3, ge=1)
+    method: Literal["prefix", "likelihood"] = "prefix"
+    max_span_sentences: int = Field(4, ge=1)
+    max_span_words: int = Field(256, ge=1)
+    no_evidence_threshold: float = 0.5  # >= 1: never "no evidence"
+    doc_tokens: int | None = Field(None, ge=1)  # document tokens shown (None: the model's window)
+    regions: int = Field(4, ge=1)
+    score_candidates: int = Field(0, ge=0)
+    batch_size: int = Field(4, ge=1)
+    prefix_cache_mb: float = Field(1024, ge=0)  # KV of recently read documents, reused by later questions (0: off)
 
 
 _extractors: dict[tuple[str, str | None], CficExtractor] = {}
@@ -76,7 +79,10 @@ QUESTION_OPTIONS = tuple(f for f in CficSettings.model_fields if f not in SERVER
 
 
 def _settings(q: Question) -> CficSettings:
-    base = CficSettings()
+    try:
+        base = CficSettings()
+    except ValidationError as exc:
+        raise settings_error(exc, prefix="LONGRAG_CFIC_") from None
     known = {k: v for k, v in (q.options or {}).items() if k in QUESTION_OPTIONS}
     if known.get("extractor") is not None:
         from longrag.models.registry import BUNDLED
@@ -97,7 +103,7 @@ def cfic_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -> 
     """Retrieve (to pick the document and regions), extract verbatim evidence, answer from it."""
     t0 = time.perf_counter()
     s = _settings(q)
-    if s.method not in ("prefix", "likelihood"):
+    if s.method not in ("prefix", "likelihood"):  # a question's option (the env value is typed)
         raise InvalidRequestError("cfic method must be 'prefix' or 'likelihood'")
     hits, r_ms = pipe.retrieve(q)
     if not hits:

@@ -23,6 +23,7 @@ import logging
 import time
 from typing import Any
 
+from longrag.config import Settings
 from longrag.errors import InvalidRequestError
 from longrag.generation.decoding import TokenCallback
 from longrag.generation.precision import WEIGHTS, weights_of
@@ -49,8 +50,7 @@ from longrag.services.qa import Answer, QAPipeline, Question, ground, register_m
 
 log = logging.getLogger(__name__)
 
-DRAFTERS = ("llm", "hybrid", "ngram")
-DRAFT_LENGTHS = ("cost", "fixed")
+DRAFTERS = ("llm", "hybrid", "ngram")  # = the choices of Settings.rapid_drafter_kind (the question's option too)
 
 LEARNT = LearntLengths()  # this process's carried estimates (LONGRAG_RAPID_WARM_START)
 
@@ -124,6 +124,26 @@ def _window(pipe: QAPipeline, q: Question, text: str, anchor_char: int) -> tuple
     return offsets[first][0], offsets[first + budget - 1][1], budget, len(offsets)
 
 
+def rapid_config(s: Settings, q: Question) -> RapidConfig:
+    """The speculative loop's parameters: ``q``'s options over the settings ``s`` (``LONGRAG_RAPID_*``).
+
+    Raises:
+        InvalidRequestError: an option of ``q`` out of range (``gamma <= 0``, ``eta < 0``, ...).
+    """
+    try:
+        return RapidConfig(
+            gamma=q.option("gamma", s.rapid_gamma, int),
+            eta=q.option("eta", s.rapid_eta, float),
+            temperature=q.option("temperature", s.rapid_temperature, float),
+            tail=q.option("tail", s.rapid_tail, float),
+            consensus=q.option("consensus", s.rapid_consensus, bool),
+            residual=q.option("residual", s.rapid_residual, bool),
+            max_new_tokens=q.max_new_tokens or s.max_new_tokens,
+        )
+    except ValueError as exc:
+        raise InvalidRequestError(f"rapid: {exc}") from exc
+
+
 @register_mode("rapid", options=("gamma", "eta", "tail", "consensus", "residual", "temperature", "drafter", "drafter_weights",
                                "budget_tokens", "threshold", "min_confidence"))
 def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -> Answer:
@@ -138,30 +158,10 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
     weights = q.option("drafter_weights", s.rapid_drafter_weights, str)
     if weights not in WEIGHTS:
         raise InvalidRequestError(f"unknown drafter weights {weights!r}; choose from {list(WEIGHTS)}")
-    try:
-        config = RapidConfig(
-            gamma=q.option("gamma", s.rapid_gamma, int),
-            eta=q.option("eta", s.rapid_eta, float),
-            temperature=q.option("temperature", s.rapid_temperature, float),
-            tail=q.option("tail", s.rapid_tail, float),
-            consensus=q.option("consensus", s.rapid_consensus, bool),
-            residual=q.option("residual", s.rapid_residual, bool),
-            max_new_tokens=q.max_new_tokens or s.max_new_tokens,
-        )
-    except ValueError as exc:
-        raise InvalidRequestError(f"rapid: {exc}") from exc
+    config = rapid_config(s, q)
     budget_tokens = q.option("budget_tokens", s.rapid_budget_tokens, int)
     threshold = q.option("threshold", s.rapid_threshold, float)
     min_conf = q.option("min_confidence", s.rapid_min_confidence, float)
-    if not 1 <= s.rapid_min_ngram <= s.rapid_max_ngram:
-        raise InvalidRequestError(f"rapid: need 1 <= LONGRAG_RAPID_MIN_NGRAM ({s.rapid_min_ngram}) "
-                                  f"<= LONGRAG_RAPID_MAX_NGRAM ({s.rapid_max_ngram})")
-    if s.rapid_draft_length not in DRAFT_LENGTHS:
-        raise InvalidRequestError(f"rapid: unknown LONGRAG_RAPID_DRAFT_LENGTH {s.rapid_draft_length!r}; "
-                                  f"choose from {list(DRAFT_LENGTHS)}")
-    if not 0 <= s.rapid_ngram_min_agreement <= 1 or s.rapid_verify_slope < 0:
-        raise InvalidRequestError("rapid: need 0 <= LONGRAG_RAPID_NGRAM_MIN_AGREEMENT <= 1 and "
-                                  "LONGRAG_RAPID_VERIFY_SLOPE >= 0")
 
     hits, r_ms = pipe.retrieve(q)
     if not hits:
@@ -224,8 +224,7 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
                                  fallback_ids=target_ids if s.rapid_ngram_whole_context else (),
                                  min_agreement=s.rapid_ngram_min_agreement, length=length)
             drafter = ngram if drafter_kind == "ngram" else HybridDrafter(
-                ngram, LMDrafter(drafter_dec.model, draft_ids, min_confidence=min_conf), adaptive=s.rapid_adaptive,
-                llm_length=llm_length)
+                ngram, LMDrafter(drafter_dec.model, draft_ids, min_confidence=min_conf), llm_length=llm_length)
     else:
         log.info("rapid: retrieval kept no chunk over threshold %.2f; target-only decoding", threshold)
     gen = rapid_generate(state, drafter, target.tokenizer, target_ids, config=config, on_token=on_token)
