@@ -27,7 +27,7 @@ from bench.pg_server import PostgresServer
 from longrag.config import Settings
 from longrag.retrieval.types import Chunk, Sentence
 from longrag.services.corpus import Corpus
-from longrag.services.db import close_all, connect
+from longrag.services.db import close_all
 
 REPO = Path(__file__).resolve().parents[1]
 GUTENBERG = REPO.parent / "shared" / "datasets" / "gutenberg"

@@ -105,7 +105,7 @@ def _copy_document(source: Database, target: Database, doc_id: str) -> None:
         for table, cols in _DOC_TABLES:
             rows = source.execute(f"SELECT {cols} FROM {table} WHERE doc_id=?", (doc_id,)).fetchall()
             tx.executemany(_insert(table, cols), [tuple(_plain(v) for v in r) for r in rows])
-        rows = source.execute(f"SELECT v.chunk_id, v.kind, v.vec FROM vectors v JOIN chunks c USING (chunk_id) "
+        rows = source.execute("SELECT v.chunk_id, v.kind, v.vec FROM vectors v JOIN chunks c USING (chunk_id) "
                               "WHERE c.doc_id=?", (doc_id,)).fetchall()
         tx.executemany(_insert("vectors", _VECTORS), [tuple(_plain(v) for v in r) for r in rows])
 
