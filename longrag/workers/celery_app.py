@@ -17,9 +17,7 @@ from celery import Celery
 from kombu import Queue
 
 from longrag.config import Settings, get_settings
-from longrag.services.jobs import QUEUE_OF
-
-QUEUES = ("ingest", "qa")
+from longrag.services.tasknames import QUEUE_OF, QUEUES
 
 
 def make_celery(settings: Settings | None = None) -> Celery:

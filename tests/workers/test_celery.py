@@ -20,7 +20,7 @@ import pytest
 from http_helpers import DOC, sse_events, wait_job
 
 from longrag.services.db import connect, database_url
-from longrag.services.jobs import JobStore
+from longrag.services.job_store import JobStore
 
 HOST = socket.gethostname()
 

@@ -13,7 +13,8 @@ from longrag.config import Settings
 if TYPE_CHECKING:
     from longrag.services.conversations import ConversationStore
     from longrag.services.corpus import Corpus
-    from longrag.services.jobs import CeleryDispatcher, JobStore, LocalDispatcher
+    from longrag.services.dispatch import CeleryDispatcher, LocalDispatcher
+    from longrag.services.job_store import JobStore
 
 
 @dataclass
