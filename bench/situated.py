@@ -1,4 +1,4 @@
-"""Situated retrieval benchmark (issue 4): chunk-only vs situated strategies vs BM25 vs hybrid
+"""Situated retrieval benchmark: chunk-only vs situated strategies vs BM25 vs hybrid
 vs a plain LangChain splitter pipeline, side by side in one run, on real data.
 
 Sentence level

@@ -1,6 +1,6 @@
 """The Celery application: Redis broker and result backend, reliable delivery, two queues.
 
-Settings that matter for reliability (issue 3/9):
+Settings that matter for reliability:
 
 * ``task_acks_late`` + ``task_reject_on_worker_lost``: a task is acknowledged only after it
   finished, so a worker that dies mid-task leaves the message to be re-delivered.
