@@ -1,6 +1,6 @@
 """CFIC through the product's QA pipeline: latency against ``plain`` mode, cold and warm.
 
-The goal of the CFIC issue compares *extraction* latency with retrieval + answer generation
+CFIC's latency goal compares *extraction* latency with retrieval + answer generation
 alone. This run measures it where a user meets it: SQuAD v1.1 dev part-2 articles ingested into
 a real :class:`Corpus`, questions asked through :class:`QAPipeline` on one decoder, one question
 at a time, side by side:

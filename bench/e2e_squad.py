@@ -46,7 +46,7 @@ def _done(path: Path) -> dict[str, dict]:
 
 
 class LangChainPeer:
-    """The plain LangChain RAG pipeline the issue names as a peer."""
+    """The plain LangChain RAG pipeline used as the peer."""
 
     def __init__(self, articles, decoder_name: str | None, cache: Path | None = None) -> None:
         from langchain_community.embeddings import HuggingFaceEmbeddings

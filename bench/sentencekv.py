@@ -341,7 +341,7 @@ def plan(lengths: list[int], quick: bool) -> list[tuple[str, int, float]]:
 
 
 def goals_at(per_length: dict[str, Any], length: int, reuse: dict[str, Any] | None) -> dict[str, Any]:
-    """The issue's goals at ``length``, for the paper's SentenceKV and the product's default
+    """The acceptance goals at ``length``, for the paper's SentenceKV and the product's default
     (whole-sentence retention, ``sentencekv_sentret``)."""
     top = per_length.get(str(length), {})
 

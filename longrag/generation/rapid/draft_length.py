@@ -64,7 +64,7 @@ class DraftLength:
         The measured acceptance, slope and drafting cost become the new priors, the acceptance
         worth at most ``weight`` drafts and the cost line at most ``weight`` rounds, so the next
         answer skips most of the learning yet a different document still moves the estimates
-        within a few rounds. Where probing drifts back to is the carried acceptance, no longer
+        within a few rounds. Where probing drifts back to is the carried acceptance, not
         the original prior: a draft kind measured not to pay stops being probed at its prior.
         """
         if weight <= 0:
