@@ -25,13 +25,16 @@ setup: $(STAMP) models
 models: $(STAMP)
 	LONGRAG_MODEL_CACHE=$(LONGRAG_MODEL_CACHE) $(BIN)/longrag prepare-models
 
-# Debian's Chromium for the browser test (Playwright drives /usr/bin/chromium) and PostgreSQL's
-# server for the shared-database tests (they start their own server in a temporary folder).
+# Debian's Chromium for the browser test (Playwright drives /usr/bin/chromium), PostgreSQL's
+# server for the shared-database tests (they start their own server in a temporary folder) and
+# Tesseract with its English model for OCR of scanned PDF pages (retrieval/ocr.py).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v tesseract >/dev/null 2>&1 || missing="$$missing tesseract-ocr"; \
+	ls /usr/share/tesseract-ocr/*/tessdata/eng.traineddata >/dev/null 2>&1 || missing="$$missing tesseract-ocr-eng"; \
 	if [ -n "$$missing" ]; then \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi

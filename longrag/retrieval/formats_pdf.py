@@ -23,7 +23,14 @@ the word breaks it infers from glyph spacing and the hyphens it finds at line en
    before a capital, or when the document spells the word with a hyphen more often than
    without), and paragraphs are separated by one blank line.
 
-:func:`parse_pdf` returns the text and the character offset where each page starts in it.
+Pages are read one at a time (PDFium loads each page on demand and every page is closed after
+use) and kept packed until the running headers are known, then laid out and appended to the text
+page by page, so memory follows the size of the text, not of the PDF. A page without a usable
+text layer that shows an image (a scan) is rendered and read by OCR (:mod:`longrag.retrieval.ocr`);
+its lines, paragraphs and boxes come from Tesseract and go through steps 2 and 5.
+
+:func:`parse_pdf` returns the text, the character offset where each page starts in it and the
+pages read by OCR.
 """
 
 from __future__ import annotations
@@ -33,8 +40,11 @@ import logging
 import re
 import statistics
 import threading
+from array import array
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from longrag.errors import DecodeError, EmptyDocumentError
 
@@ -318,22 +328,17 @@ def _edge_lines(lines: list[Line], height: float, body: float) -> list[Line]:
     return out
 
 
-def drop_furniture(pages: list[list[Line]], heights: list[float]) -> list[list[Line]]:
-    """Each page's lines without running headers, footers and page numbers (no larger than the
-    body text)."""
-    sizes = Counter(round(ln.size) for lines in pages for ln in lines for _ in range(len(ln.text)))
-    body = sizes.most_common(1)[0][0] if sizes else 0
-    edges = [[ln for ln in _edge_lines(lines, h, body) if ln.size <= 1.3 * body] + [ln for ln in lines if ln.rotated]
-             for lines, h in zip(pages, heights)]
-    seen = Counter()
-    for page_edges in edges:
-        seen.update({_norm(ln.text) for ln in page_edges})
-    out = []
-    for lines, page_edges in zip(pages, edges):
-        drop = {id(ln) for ln in page_edges
-                if (is_page_number(ln.text) and not ln.rotated) or seen[_norm(ln.text)] >= 2}
-        out.append([ln for ln in lines if id(ln) not in drop])
-    return out
+def furniture_candidates(lines: list[Line], height: float, body: float) -> list[Line]:
+    """The page's lines that are running headers, footers or page numbers if their text (digits
+    ignored) recurs at another page's edge or is a bare page number: its edge lines no larger than
+    1.3x the ``body`` text size, and its rotated lines."""
+    return [ln for ln in _edge_lines(lines, height, body) if ln.size <= 1.3 * body] + [ln for ln in lines if ln.rotated]
+
+
+def is_furniture(line: Line, seen: Counter) -> bool:
+    """A candidate (:func:`furniture_candidates`) goes: a bare page number, or text that ``seen``
+    (edge texts by :func:`_norm`, counted once per page) has on two pages or more."""
+    return (is_page_number(line.text) and not line.rotated) or seen[_norm(line.text)] >= 2
 
 
 # -- blocks and reading order -----------------------------------------------------------------
@@ -498,78 +503,283 @@ def _join(a: str, b: str, counts: Counter, short: bool) -> str:
     return "\n" if short else " "
 
 
-def parse_pdf(data: bytes) -> tuple[str, list[int]]:
-    """(the PDF's text, the offset in it where each page starts)."""
+# -- scanned pages ----------------------------------------------------------------------------
+MIN_LAYER_CHARS = 16
+"""A page whose text layer has fewer letters and digits than this has no usable text layer."""
+
+MIN_IMAGE_SHARE = 0.1
+"""... and is a scan if images cover at least this share of it."""
+
+
+def _scanned(page, lines: list[Line], width: float, height: float) -> bool:
+    """The page has no usable text layer and shows an image: a scan, for OCR."""
+    import pypdfium2.raw as raw
+
+    if sum(ch.isalnum() for ln in lines for ch in ln.text) >= MIN_LAYER_CHARS:
+        return False
+    area = 0.0
+    for obj in page.get_objects(filter=[raw.FPDF_PAGEOBJ_IMAGE], max_depth=4):
+        left, bottom, right, top = obj.get_bounds()
+        area += max(0.0, min(right, width) - max(left, 0.0)) * max(0.0, min(top, height) - max(bottom, 0.0))
+    return area >= MIN_IMAGE_SHARE * max(1.0, width * height)
+
+
+def _render(page) -> tuple[bytes, float, float, float]:
+    """The page as a grayscale PGM image for OCR: (image, scale, width, height in points)."""
+    from longrag.retrieval import ocr
+
+    width, height = page.get_size()
+    scale = ocr.render_scale(width, height)
+    bitmap = page.render(scale=scale, grayscale=True, may_draw_forms=True)
+    try:
+        image = ocr.pgm(bitmap.to_numpy())
+        return image, scale, bitmap.width / scale, bitmap.height / scale
+    finally:
+        bitmap.close()
+
+
+def ocr_lines(found, height: float) -> list[Line]:
+    """Tesseract's lines (:class:`ocr.OcrLine`) as line fragments, one block per paragraph. The
+    font size is estimated from the line height (the page's typical height for lines near it)."""
+    if not found:
+        return []
+    heights = sorted(o.bottom - o.top for o in found)
+    typical = heights[len(heights) // 2]
+    out = []
+    for o in found:
+        h = o.bottom - o.top
+        size = round(2 * (typical if 0.75 * typical <= h <= 1.35 * typical else h) / 1.15) / 2 or 1.0
+        out.append(Line(re.sub(r"\s+", " ", o.text).strip(), o.x0, o.x1, o.top, o.bottom,
+                        o.bottom - 0.2 * size, size, False, False, o.para))
+    return [ln for ln in out if ln.text and ln.top < height]
+
+
+# -- pages, one at a time ---------------------------------------------------------------------
+@dataclass(slots=True)
+class _Page:
+    """A page's line fragments, packed while the rest of the document is read: the texts joined
+    by newlines (no line holds one), six numbers and a flag byte per line."""
+
+    texts: str
+    nums: array
+    flags: bytes
+    width: float
+    height: float
+    cuts: list[tuple[float, float]]
+    ocr: bool  # lines from OCR; ``blocks`` numbers their paragraphs
+    blocks: array | None = None
+    edges: list[tuple[int, str]] = field(default_factory=list)  # furniture candidates: (index, text)
+
+    @classmethod
+    def pack(cls, lines: list[Line], width: float, height: float, cuts, ocr: bool = False) -> "_Page":
+        nums = array("d")
+        for ln in lines:
+            nums.extend((ln.x0, ln.x1, ln.top, ln.bottom, ln.base, ln.size))
+        flags = bytes(ln.bold | ln.rotated << 1 for ln in lines)
+        blocks = array("i", (ln.block for ln in lines)) if ocr else None
+        return cls("\n".join(ln.text for ln in lines), nums, flags, width, height, list(cuts), ocr, blocks)
+
+    def lines(self) -> list[Line]:
+        if not self.flags:
+            return []
+        n = self.nums
+        return [Line(text, *n[6 * k : 6 * k + 6], bool(f & 1), bool(f & 2), self.blocks[k] if self.ocr else -1)
+                for k, (text, f) in enumerate(zip(self.texts.split("\n"), self.flags))]
+
+
+def parse_pdf(data: bytes, progress: Callable[[float], None] | None = None) -> PdfText:
+    """The PDF's text, the offset in it where each page starts and the pages read by OCR.
+
+    Pages are read one at a time and kept packed (:class:`_Page`) until the running headers of
+    the whole document are known; then each page is laid out, appended to the text and dropped.
+    A page without a usable text layer that shows an image is read by OCR (:mod:`ocr`).
+    ``progress`` gets the fraction of the work done, page by page.
+
+    Raises:
+        DecodeError: unreadable or password-protected; scanned pages where OCR finds no text
+            and no other page has any; a scanned page while OCR (Tesseract) is not installed, in a
+            PDF with other pages.
+        EmptyDocumentError: no text and no scanned page, or only scanned pages and no OCR.
+    """
+    from longrag.retrieval import ocr
+
+    report = _Progress(progress)
+    pages: list[_Page | None] = []
+    scans: list[int] = []  # 0-based pages that are scans; ``read``: those OCR found text on
+    read: list[int] = []
+    sizes: Counter = Counter()
+    counts: Counter = Counter()
+    can_ocr: bool | None = None
     with _LOCK:
         doc = _open(data)
-        try:
-            pages = []
-            for i in range(len(doc)):
-                page = doc[i]
+    try:
+        with _LOCK:
+            n = len(doc)
+        for i in range(n):
+            image, from_ocr = None, False
+            with _LOCK:
                 try:
-                    pages.append(_page_lines(page))
-                finally:
-                    page.close()
-        except DecodeError:
-            raise
-        except Exception as exc:  # PdfiumError on a damaged page
-            log.warning("PDF page unreadable", exc_info=True)
-            raise DecodeError(f"could not read the PDF: {exc}") from None
-        finally:
+                    page = doc[i]
+                    try:
+                        lines, width, height, cuts = _page_lines(page)
+                        if _scanned(page, lines, width, height):
+                            scans.append(i)
+                            if can_ocr is None:
+                                can_ocr = ocr.available()
+                            if can_ocr:
+                                image, scale, width, height = _render(page)
+                    finally:
+                        page.close()
+                except Exception as exc:  # PdfiumError on a damaged page
+                    log.warning("PDF page unreadable", exc_info=True)
+                    raise DecodeError(f"could not read the PDF: {exc}") from None
+            if image is not None:  # OCR outside the lock: PDFium is free for other uploads meanwhile
+                found = ocr_lines(ocr.recognise(image, scale, i + 1), height)
+                image = None
+                if found:
+                    lines, cuts, from_ocr = found, [], True
+                    read.append(i)
+            for ln in lines:
+                sizes[round(ln.size)] += len(ln.text)
+                counts.update(w.lower() for w in _WORD.findall(ln.text)[1:-1])
+            pages.append(_Page.pack(lines, width, height, cuts, ocr=from_ocr))
+            report(0.9 * (i + 1) / max(1, n))
+    finally:
+        with _LOCK:
             doc.close()
-    kept = drop_furniture([p[0] for p in pages], [p[2] for p in pages])
-    counts: Counter = Counter()
-    for lines in kept:
-        for ln in lines:
-            counts.update(w.lower() for w in _WORD.findall(ln.text)[1:-1])
+    if scans and not can_ocr:
+        if len(scans) == len(pages):
+            raise EmptyDocumentError(
+                f"the PDF has no text layer (a scanned image?) and OCR is not available: {ocr.INSTALL_HINT}"
+            )
+        raise DecodeError(
+            f"{_pages_named(scans)} of the PDF {'is a scanned image' if len(scans) == 1 else 'are scanned images'} "
+            f"without a text layer, and OCR is not available: {ocr.INSTALL_HINT}"
+        )
 
-    # paragraphs across the document, each a list of (page, block, line)
-    paras: list[list[tuple[int, Block, Line]]] = []
-    for p, lines in enumerate(kept):
-        for block in reading_order(make_blocks(lines), pages[p][3]):
-            for k, para in enumerate(block_paragraphs(block)):
-                items = [(p, block, ln) for ln in para]
-                if k == 0 and paras:
-                    _, pblock, pline = paras[-1][-1]
-                    if _continues(pline, pblock, para[0], block):
-                        paras[-1].extend(items)
-                        continue
-                paras.append(items)
-    out: list[str] = []
+    # running headers and footers: edge lines whose text recurs on other pages
+    body = sizes.most_common(1)[0][0] if sizes else 0
+    seen: Counter = Counter()
+    for pg in pages:
+        lines = pg.lines()
+        index = {id(ln): k for k, ln in enumerate(lines)}
+        pg.edges = [(index[id(ln)], ln.text) for ln in furniture_candidates(lines, pg.height, body)]
+        seen.update({_norm(t) for _, t in pg.edges})
+    drops: list[set[int]] = []
+    for pg in pages:
+        rows = pg.lines() if pg.edges else []
+        drop = {k for k, _ in pg.edges if is_furniture(rows[k], seen)}
+        for k in drop:
+            counts.subtract(w.lower() for w in _WORD.findall(rows[k].text)[1:-1])
+        drops.append(drop)
+        pg.edges = []
+
+    text, starts = _lay_out(pages, drops, counts, report)
+    if not text.strip():
+        if scans and can_ocr:
+            raise DecodeError(
+                f"no text recognised on the scanned {_pages_named(scans, 'page')} of the PDF "
+                "(OCR found no words: an image without text, or too noisy to read)"
+            )
+        raise EmptyDocumentError("the PDF has no text layer (a scanned image?); run OCR first and upload the result")
+    report(1.0)
+    return PdfText(text, starts, [p + 1 for p in read])
+
+
+def _lay_out(pages: list[_Page | None], drops: list[set[int]], counts: Counter,
+             report: "_Progress") -> tuple[str, list[int]]:
+    """Lay each page out in turn (blocks, reading order, paragraphs, joined lines) and append it to
+    the text; a paragraph that runs on from one page into the next is continued. Each packed page
+    is dropped once it is laid out."""
+    chunks: list[str] = []  # the text so far, less ``out``
+    out: list[str] = []  # this page's pieces (and the last piece of the page before)
     length = 0
     starts: list[int | None] = [None] * len(pages)
-    for items in paras:
-        if out:
-            out.append("\n\n")
-            length += 2
-        prev: tuple[Block, Line] | None = None
-        for p, block, ln in items:
-            text = re.sub(r"\s+", " ", ln.text).strip()
-            if not text:
-                continue
-            if prev is not None:
-                pb, pl = prev
-                short = pb is block and broken(pl, ln, block) and not _SENTENCE_END.search(pl.text)
-                sep = _join(out[-1], text, counts, short)
-                if sep == "\b":
-                    out[-1] = out[-1][:-1]
-                    length -= 1
-                    sep = ""
-                out.append(sep)
-                length += len(sep)
-            if starts[p] is None:
-                starts[p] = length
-            out.append(text)
-            length += len(text)
-            prev = (block, ln)
-    text = "".join(out)
-    if not text.strip():
-        raise EmptyDocumentError(
-            "the PDF has no text layer (a scanned image?); run OCR first and upload the result"
-        )
+    tail: tuple[Block, Line] | None = None  # the last line of the last paragraph, for continuations
+    prev: tuple[Block, Line] | None = None  # the last line emitted in the current paragraph
+    emitted = False
+    for p in range(len(pages)):
+        pg = pages[p]
+        pages[p] = None
+        lines = [ln for k, ln in enumerate(pg.lines()) if k not in drops[p]]
+        for block in _page_blocks(pg, lines):
+            paras = [block.lines] if pg.ocr else block_paragraphs(block)
+            for k, para in enumerate(paras):
+                if not (k == 0 and tail is not None and _continues(tail[1], tail[0], para[0], block)):
+                    if emitted:
+                        out.append("\n\n")
+                        length += 2
+                    prev = None
+                for ln in para:
+                    text = re.sub(r"\s+", " ", ln.text).strip()
+                    if not text:
+                        continue
+                    if prev is not None:
+                        pb, pl = prev
+                        short = pb is block and broken(pl, ln, block) and not _SENTENCE_END.search(pl.text)
+                        sep = _join(out[-1], text, counts, short)
+                        if sep == "\b":
+                            out[-1] = out[-1][:-1]
+                            length -= 1
+                            sep = ""
+                        out.append(sep)
+                        length += len(sep)
+                    if starts[p] is None:
+                        starts[p] = length
+                    out.append(text)
+                    length += len(text)
+                    emitted = True
+                    prev = (block, ln)
+                tail = (block, para[-1])
+        if len(out) > 1:  # keep the last piece: the next page may join onto it
+            chunks.append("".join(out[:-1]))
+            del out[:-1]
+        report(0.9 + 0.1 * (p + 1) / len(pages))
+    chunks.extend(out)
+    text = "".join(chunks)
+    del chunks, out
     nxt = len(text)
     for p in range(len(starts) - 1, -1, -1):  # a page without text starts where the next one does
         if starts[p] is None:
             starts[p] = nxt
         nxt = starts[p]
     return text, [int(s) for s in starts]
+
+
+def _page_blocks(pg: _Page, lines: list[Line]) -> list[Block]:
+    """A page's blocks in reading order: OCR's paragraphs in its order, else :func:`make_blocks`
+    in :func:`reading_order`."""
+    if not pg.ocr:
+        return reading_order(make_blocks(lines), pg.cuts)
+    blocks: dict[int, Block] = {}
+    for ln in lines:
+        blocks.setdefault(ln.block, Block()).add(ln)
+    return list(blocks.values())
+
+
+def _pages_named(pages: list[int], noun: str | None = None) -> str:
+    """'page 3', 'pages 1, 2 and 5' (0-based in, 1-based out); at most ten listed."""
+    nums = [str(p + 1) for p in pages[:10]] + ([f"{len(pages) - 10} more"] if len(pages) > 10 else [])
+    word = noun or "page"
+    if len(nums) == 1:
+        return f"{word} {nums[0]}"
+    return f"{word}s {', '.join(nums[:-1])} and {nums[-1]}"
+
+
+class _Progress:
+    """Calls ``progress`` with a fraction when it has moved on by a percent (and at 1.0)."""
+
+    def __init__(self, progress: Callable[[float], None] | None):
+        self.progress = progress
+        self.last = -1.0
+
+    def __call__(self, fraction: float) -> None:
+        if self.progress is not None and (fraction - self.last >= 0.01 or (fraction >= 1.0 > self.last)):
+            self.last = fraction
+            self.progress(min(1.0, fraction))
+
+
+class PdfText(NamedTuple):
+    text: str
+    pages: list[int]  # the offset in ``text`` where each page starts
+    ocr: list[int]  # 1-based numbers of the pages whose text OCR recognised

@@ -3,8 +3,8 @@
 For UTF-8 ``.txt`` and ``.md`` the parsed text is the file's content unchanged, so
 ``text[start:end]`` equals ``content[start:end]`` for every evidence span. Every other kind
 (HTML, PDF, Word, PowerPoint, EPUB) is converted once, here, and that text is what is stored,
-shown and indexed. The ZIP-based formats live in ``formats_office`` and ``formats_epub``
-(see docs/formats.md).
+shown and indexed. The ZIP-based formats live in ``formats_office`` and ``formats_epub``, PDFs
+in ``formats_pdf`` (scanned pages read by OCR, ``ocr``; see docs/formats.md).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import bisect
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import TYPE_CHECKING
@@ -39,14 +40,18 @@ class ParsedDocument:
     kind: str  # text | markdown | html | pdf | docx | pptx | epub
     pages: tuple[int, ...] | None = None  # PDF: the offset in ``text`` where each page starts
     sections: tuple[tuple[int, str], ...] | None = None  # (offset, heading path) where each section starts
+    ocr: tuple[int, ...] | None = None  # PDF: the 1-based pages whose text OCR recognised (scans)
 
     def artifacts(self) -> dict[str, bytes]:
-        """What :func:`locate` reads, as the store's per-document artifacts (JSON)."""
+        """What :func:`locate` reads, and which pages OCR read (``ocr``), as the store's
+        per-document artifacts (JSON)."""
         out = {}
         if self.pages is not None:
             out["pages"] = json.dumps(list(self.pages)).encode()
         if self.sections:
             out["sections"] = json.dumps([list(s) for s in self.sections], ensure_ascii=False).encode()
+        if self.ocr:
+            out["ocr"] = json.dumps(list(self.ocr)).encode()
         return out
 
 
@@ -199,11 +204,12 @@ def html_text(root: Tag) -> str:
     return "\n".join(out).strip()
 
 
-def _parse_pdf(data: bytes) -> tuple[str, list[int]]:
-    """The text layer in reading order, and where each page starts in it (``formats_pdf``)."""
+def _parse_pdf(data: bytes, progress: Callable[[float], None] | None):
+    """The text layer (or OCR's text, on scanned pages) in reading order, where each page starts
+    in it, and the pages read by OCR (``formats_pdf``)."""
     from longrag.retrieval.formats_pdf import parse_pdf
 
-    return parse_pdf(data)
+    return parse_pdf(data, progress)
 
 
 def _parse_zipped(kind: str, data: bytes) -> str:
@@ -217,14 +223,17 @@ def _parse_zipped(kind: str, data: bytes) -> str:
     return parse_docx(data) if kind == "docx" else parse_pptx(data)
 
 
-def parse_bytes(data: bytes, filename: str | None = None) -> ParsedDocument:
-    """Parse ``data`` into text. Raises a :class:`LongragError` subclass on bad input."""
+def parse_bytes(data: bytes, filename: str | None = None, *,
+                progress: Callable[[float], None] | None = None) -> ParsedDocument:
+    """Parse ``data`` into text. Raises a :class:`LongragError` subclass on bad input.
+
+    ``progress`` gets the fraction of the work done: page by page for a PDF, 1.0 at the end."""
     if not data:
         raise EmptyDocumentError("the file is empty (0 bytes)")
     kind = detect_kind(filename, data)
-    pages = sections = None
+    pages = sections = ocr = None
     if kind == "pdf":
-        text, pages = _parse_pdf(data)
+        text, pages, ocr = _parse_pdf(data, progress)
     elif kind == "html":
         text, sections = _parse_html(data)
     elif kind in ZIP_TYPES.values():
@@ -237,5 +246,7 @@ def parse_bytes(data: bytes, filename: str | None = None) -> ParsedDocument:
         sections = markdown_sections(text)
     elif kind == "pptx":
         sections = slide_sections(text)
+    if progress is not None and kind != "pdf":  # a PDF's parser reports page by page
+        progress(1.0)
     return ParsedDocument(text=text, kind=kind, pages=tuple(pages) if pages is not None else None,
-                          sections=sections or None)
+                          sections=sections or None, ocr=tuple(ocr) if ocr else None)

@@ -244,7 +244,8 @@ class Corpus:
             return IngestResult(existing.doc_id, existing.title, existing.filename, False,
                                 existing.n_sentences, existing.n_chunks, time.perf_counter() - t0)
         report("parse", 0.05)
-        parsed = parse_bytes(data, filename)
+        # page by page (PDF) within the parse stage's share
+        parsed = parse_bytes(data, filename, progress=lambda frac: report("parse", round(0.05 + 0.1 * frac, 4)))
         report("segment", 0.15)
         sentences = split_sentences(parsed.text, max_chars=self.settings.max_sentence_chars)
         if not sentences:
