@@ -2,53 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from rapid_fixtures import one_thread, other, other_dir, tiny  # noqa: F401 - fixtures
+from rapid_fixtures import prompt as _prompt
 
 from bench.rapid_variants import AdaptiveHybridDrafter
 from longrag.generation.decoding import generate
-from longrag.generation.prompts import answer_messages, encode_chat
 from longrag.generation.rapid import Draft, HybridDrafter, KVState, LMDrafter, NgramDrafter, RapidConfig, rapid_generate
-from longrag.models.tiny import build_tiny_decoder
-
-CONTEXT = (
-    "The quick brown fox jumps over the lazy dog. She spent eleven years there. "
-    "Paris is the capital of France. The answer is unknown. "
-) * 8
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not spin-wait on a shared CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_decoder_dir):
-    tok = AutoTokenizer.from_pretrained(tiny_decoder_dir)
-    return tok, AutoModelForCausalLM.from_pretrained(tiny_decoder_dir).eval()
-
-
-@pytest.fixture(scope="module")
-def other(tmp_path_factory):
-    """A drafter that often disagrees (as in tests/generation/test_rapid.py): same tokenizer,
-    other random weights, an untied, re-randomised output head."""
-    path: Path = build_tiny_decoder(tmp_path_factory.mktemp("tiny2") / "tiny-llama-seed1", seed=1)
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
-    gen = torch.Generator().manual_seed(7)
-    w = torch.randn(model.lm_head.weight.shape, generator=gen) * model.lm_head.weight.std()
-    model.lm_head.weight = torch.nn.Parameter(w)
-    return model
-
-
-def _prompt(tok, context: str = CONTEXT, question: str = "What is the capital of France?") -> list[int]:
-    return encode_chat(tok, answer_messages(question, context))
 
 
 class Never(NgramDrafter):
