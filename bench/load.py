@@ -158,13 +158,14 @@ def documents(n: int, size: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def query_level(url: str, clients: int, total: int, doc_id: str) -> dict:
+def query_level(urls: list[str], clients: int, total: int, doc_id: str) -> dict:
+    """``total`` questions from ``clients`` concurrent clients, question i through ``urls[i % len(urls)]``."""
     lat, fails = [], 0
     lock = threading.Lock()
 
     def one(i: int) -> None:
         nonlocal fails
-        with httpx.Client(base_url=url, timeout=600) as c:
+        with httpx.Client(base_url=urls[i % len(urls)], timeout=900) as c:
             t0 = time.perf_counter()
             try:
                 r = c.post("/v1/query", json={"question": QUESTIONS[i % len(QUESTIONS)], "doc_ids": [doc_id]})
@@ -185,15 +186,16 @@ def query_level(url: str, clients: int, total: int, doc_id: str) -> dict:
             "p95_ms": pct(lat, 0.95), "throughput_qps": round(len(lat) / wall, 3)}
 
 
-def ingest_level(url: str, clients: int, docs: list[tuple[str, bytes]]) -> dict:
+def ingest_level(urls: list[str], clients: int, docs: list[tuple[str, bytes]]) -> dict:
+    """``docs`` uploaded by ``clients`` concurrent clients, document i through ``urls[i % len(urls)]``."""
     fails = 0
     lock = threading.Lock()
 
-    def one(doc: tuple[str, bytes]) -> None:
+    def one(i: int) -> None:
         nonlocal fails
-        with httpx.Client(base_url=url, timeout=600) as c:
+        with httpx.Client(base_url=urls[i % len(urls)], timeout=600) as c:
             try:
-                r = c.post("/v1/documents", files={"file": (doc[0], doc[1], "text/plain")})
+                r = c.post("/v1/documents", files={"file": (docs[i][0], docs[i][1], "text/plain")})
                 ok = r.status_code == 202 and wait_job(c, r.json()["job_id"])["state"] == "succeeded"
             except httpx.HTTPError:
                 ok = False
@@ -203,7 +205,7 @@ def ingest_level(url: str, clients: int, docs: list[tuple[str, bytes]]) -> dict:
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(one, docs))
+        list(pool.map(one, range(len(docs))))
     wall = time.perf_counter() - t0
     nbytes = sum(len(d[1]) for d in docs)
     return {"clients": clients, "documents": len(docs), "bytes": nbytes, "failed_or_lost": fails,
@@ -281,8 +283,8 @@ def store_comparison(work: Path, decoder: str, levels: list[int], queries: int, 
         docs = documents(n_docs, doc_bytes)
         for store in stores:
             print(f"{store}: ingest {n_docs} documents through both APIs ...", flush=True)
-            out[store]["ingest"] = ingest_spread(urls[store], docs)
-            out[store]["ingest_again"] = ingest_spread(urls[store][::-1], docs)
+            out[store]["ingest"] = ingest_level(urls[store], len(docs), docs)
+            out[store]["ingest_again"] = ingest_level(urls[store][::-1], len(docs), docs)
             listed = [httpx.get(u + "/v1/documents", timeout=60).json() for u in urls[store]]
             ids = [d["doc_id"] for d in listed[0]]
             out[store]["documents_stored"] = len(ids)
@@ -293,7 +295,7 @@ def store_comparison(work: Path, decoder: str, levels: list[int], queries: int, 
         for clients in levels:
             for store in (stores if clients % 2 == 0 else stores[::-1]):
                 print(f"{store}: queries at {clients} clients ...", flush=True)
-                out[store]["query_latency"].append(query_spread(urls[store], clients, max(queries, clients), doc_id))
+                out[store]["query_latency"].append(query_level(urls[store], clients, max(queries, clients), doc_id))
                 print(out[store]["query_latency"][-1], flush=True)
     finally:
         for cluster in clusters.values():
@@ -301,57 +303,6 @@ def store_comparison(work: Path, decoder: str, levels: list[int], queries: int, 
         server.stop()
     return out
 
-
-def ingest_spread(urls: list[str], docs: list[tuple[str, bytes]]) -> dict:
-    """Every document uploaded at once, document i through ``urls[i % len(urls)]``."""
-    fails = 0
-    lock = threading.Lock()
-
-    def one(i: int) -> None:
-        nonlocal fails
-        with httpx.Client(base_url=urls[i % len(urls)], timeout=600) as c:
-            try:
-                r = c.post("/v1/documents", files={"file": (docs[i][0], docs[i][1], "text/plain")})
-                ok = r.status_code == 202 and wait_job(c, r.json()["job_id"])["state"] == "succeeded"
-            except httpx.HTTPError:
-                ok = False
-            if not ok:
-                with lock:
-                    fails += 1
-
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(len(docs)) as pool:
-        list(pool.map(one, range(len(docs))))
-    return {"documents": len(docs), "clients": len(docs), "failed_or_lost": fails,
-            "wall_s": round(time.perf_counter() - t0, 2)}
-
-
-def query_spread(urls: list[str], clients: int, total: int, doc_id: str) -> dict:
-    """``total`` questions from ``clients`` concurrent clients, question i through ``urls[i % 2]``."""
-    lat, fails = [], 0
-    lock = threading.Lock()
-
-    def one(i: int) -> None:
-        nonlocal fails
-        with httpx.Client(base_url=urls[i % len(urls)], timeout=900) as c:
-            t0 = time.perf_counter()
-            try:
-                r = c.post("/v1/query", json={"question": QUESTIONS[i % len(QUESTIONS)], "doc_ids": [doc_id]})
-                ok = r.status_code == 200 and "answer" in r.json()
-            except httpx.HTTPError:
-                ok = False
-            with lock:
-                if ok:
-                    lat.append((time.perf_counter() - t0) * 1000)
-                else:
-                    fails += 1
-
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(one, range(total)))
-    wall = time.perf_counter() - t0
-    return {"clients": clients, "requests": total, "failed_or_lost": fails, "p50_ms": pct(lat, 0.5),
-            "p95_ms": pct(lat, 0.95), "throughput_qps": round(len(lat) / wall, 3)}
 
 
 class _Skip(Exception):
@@ -425,7 +376,7 @@ def main() -> None:
             result["query_latency"] = []
             for c_ in levels:
                 print(f"queries at {c_} clients ...", flush=True)
-                result["query_latency"].append(query_level(cluster.url, c_, args.queries, doc_id))
+                result["query_latency"].append(query_level([cluster.url], c_, args.queries, doc_id))
                 print(result["query_latency"][-1], flush=True)
         if "ingest" in parts:
             cluster.stop_workers(keep=1)
@@ -435,7 +386,7 @@ def main() -> None:
             for i, c_ in enumerate(levels):
                 print(f"ingest at {c_} clients ...", flush=True)
                 docs = all_docs[sum(counts[:i]) : sum(counts[: i + 1])]
-                result["ingest_throughput"].append(ingest_level(cluster.url, c_, docs))
+                result["ingest_throughput"].append(ingest_level([cluster.url], c_, docs))
                 print(result["ingest_throughput"][-1], flush=True)
         with httpx.Client(base_url=cluster.url, timeout=60) as c:
             result["api_models_loaded"] = c.get("/healthz").json()["models_loaded"]
