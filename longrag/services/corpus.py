@@ -211,7 +211,10 @@ class Corpus:
     # -- ingestion ---------------------------------------------------------------------------
     def prepare(self, data: bytes, filename: str | None) -> ParsedUnits:
         """Parse, segment and chunk (no writes)."""
-        parsed = parse_bytes(data, filename)
+        return self._units(parse_bytes(data, filename))
+
+    def _units(self, parsed: ParsedDocument) -> ParsedUnits:
+        """Sentences of the parsed text and their chunks (which never cross its pages or sections)."""
         sentences = split_sentences(parsed.text, max_chars=self.settings.max_sentence_chars)
         if not sentences:
             raise EmptyDocumentError("the document has no sentences")
@@ -247,13 +250,8 @@ class Corpus:
         # page by page (PDF) within the parse stage's share
         parsed = parse_bytes(data, filename, progress=lambda frac: report("parse", round(0.05 + 0.1 * frac, 4)))
         report("segment", 0.15)
-        sentences = split_sentences(parsed.text, max_chars=self.settings.max_sentence_chars)
-        if not sentences:
-            raise EmptyDocumentError("the document has no sentences")
-        counts = self.embedder.count_tokens([parsed.text[s.start : s.end] for s in sentences])
-        chunks = sentence_chunks(sentences, counts, target_tokens=self.settings.chunk_tokens,
-                                 starts=chunk_starts(sentences, _breaks(parsed)))
-        units = ParsedUnits(parsed.text, sentences, chunks)
+        units = self._units(parsed)
+        sentences, chunks = units.sentences, units.chunks
         report("embed", 0.3)
         vectors: dict[str, np.ndarray] = {}
         for i, (kind, build) in enumerate(self.vector_builders.items()):

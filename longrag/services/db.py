@@ -218,16 +218,13 @@ class PostgresDatabase(Database):
         self._watch = _MetaWatcher(url)
 
     def execute(self, sql: str, params: Params = ()) -> Rows:
-        # A pooled connection may have died with a server restart: the pool drops it when it
-        # comes back broken, and the statement (autocommit, alone) runs once more on another.
-        for attempt in (1, 2):
-            try:
-                with self._pool.connection() as conn:
-                    return _PostgresExecutor(conn).execute(sql, params)
-            except self._lost:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            with self._pool.connection() as conn:
+                return _PostgresExecutor(conn).execute(sql, params)
+        except self._lost:
+            pass  # a pooled connection a server restart broke: the pool has dropped it
+        with self._pool.connection() as conn:  # the statement (autocommit, alone) runs once more
+            return _PostgresExecutor(conn).execute(sql, params)
 
     @contextmanager
     def transaction(self) -> Iterator[Executor]:
@@ -282,12 +279,14 @@ class _MetaWatcher:
     def _run(self) -> None:
         import psycopg
 
+        lost = False
         while not self._closed.is_set():
             try:
                 with psycopg.connect(self._url, autocommit=True, connect_timeout=10) as conn:
                     conn.execute(f"LISTEN {_CHANNEL}")
                     # read after LISTEN: a change committed in between arrives as a notification
-                    self._values = dict(conn.execute("SELECT key, value FROM meta WHERE key='generation'").fetchall())
+                    self._values = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+                    lost = False
                     while not self._closed.is_set():
                         for note in conn.notifies(timeout=1.0):
                             key, _, value = note.payload.partition("=")
@@ -295,8 +294,9 @@ class _MetaWatcher:
                             if key not in values or int(value) > int(values[key]):
                                 self._values = {**values, key: value}
             except psycopg.Error as exc:
-                if not self._closed.is_set():
+                if not self._closed.is_set() and not lost:  # once per outage, not once a second
                     log.warning("lost the database's announcements (%s); reading the meta row until back", exc)
+                    lost = True
             self._values = None
             self._closed.wait(1.0)
 
