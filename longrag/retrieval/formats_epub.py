@@ -5,6 +5,9 @@ of the chapters (linear items first, then those marked ``linear="no"``). Chapter
 from the table of contents (the EPUB 3 navigation document, else the EPUB 2 NCX); a title the
 chapter does not already open with is put before it as its own paragraph. Each chapter's
 ``<body>`` is converted like an uploaded HTML page (:func:`parse.html_text`).
+
+The book's sections are its chapters, titled from the table of contents, and the ``h1``..``h6``
+headings inside them, nested under the chapter's title: ``"Chapter One > The Voyage"``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from longrag.errors import DecodeError, EmptyDocumentError
-from longrag.retrieval.formats_zip import join_blocks, open_archive, read_member
+from longrag.retrieval.formats_zip import ZipText, block_starts, join_blocks, open_archive, read_member
 
 if TYPE_CHECKING:
     from bs4 import BeautifulSoup
@@ -41,8 +44,14 @@ class _Item:
     properties: frozenset[str]
 
 
-def parse_epub(data: bytes) -> str:
-    """The chapters of an EPUB in spine order, separated by blank lines.
+@dataclass(frozen=True, slots=True)
+class _Chapter:
+    text: str
+    sections: tuple[tuple[int, str], ...] = ()  # (offset in ``text``, heading path)
+
+
+def parse_epub(data: bytes) -> ZipText:
+    """The chapters of an EPUB in spine order, separated by blank lines, and their sections.
 
     Raises:
         DecodeError: not a readable EPUB, or DRM-protected.
@@ -56,11 +65,28 @@ def parse_epub(data: bytes) -> str:
         manifest = _manifest(opf, posixpath.dirname(opf_path))
         titles = _toc_titles(zf, opf, manifest)
         chapters = [_chapter(zf, item, titles.get(item.path)) for item in _spine(opf, manifest)]
-    text = join_blocks(chapters)
+    texts = [c.text for c in chapters]
+    text = join_blocks(texts)
     if not text.strip():
         raise EmptyDocumentError("the EPUB has no text (only images?)")
-    log.debug("epub: %d of %d chapters with text, %d characters", sum(map(bool, chapters)), len(chapters), len(text))
-    return text
+    sections = _book_sections(chapters, block_starts(texts))
+    log.debug("epub: %d of %d chapters with text, %d sections, %d characters",
+              sum(map(bool, texts)), len(texts), len(sections), len(text))
+    return ZipText(text, None, sections or None)
+
+
+def _book_sections(chapters: list[_Chapter], starts: list[int | None]) -> tuple[tuple[int, str], ...]:
+    """Each chapter's sections at its offset in the book. A chapter without a title that does
+    not open with a heading starts with an empty path (no section), so its text is not taken for
+    part of the chapter before it; leading and repeated empty paths are left out."""
+    out: list[tuple[int, str]] = []
+    for chapter, start in zip(chapters, starts):
+        if start is None:
+            continue
+        for offset, path in chapter.sections:
+            if path or (out and out[-1][1]):
+                out.append((start + offset, path))
+    return tuple(out)
 
 
 def _local(tag: str) -> str:
@@ -207,22 +233,29 @@ def _soup(raw: bytes) -> BeautifulSoup:
     return BeautifulSoup(markup, "html.parser")
 
 
-def _chapter(zf: zipfile.ZipFile, item: _Item, title: str | None) -> str:
-    """A chapter's body text, its table-of-contents title first unless it already opens with it."""
-    from longrag.retrieval.parse import html_text
+def _chapter(zf: zipfile.ZipFile, item: _Item, title: str | None) -> _Chapter:
+    """A chapter's body text, its table-of-contents title first unless it already opens with it,
+    and its sections: the title (level 0) and its ``h1``..``h6`` headings below it."""
+    from longrag.retrieval.parse import heading_paths, html_headings
 
     if item.path not in zf.namelist():
         log.warning("EPUB spine item %r is missing from the archive", item.path)
-        return ""
+        return _Chapter("")
     soup = _soup(read_member(zf, item.path, LABEL))
-    text = html_text(soup.body or soup)
+    text, heads = html_headings(soup.body or soup)
     if not text:
-        return ""
-    if title:
-        first_line, first_block = text.split("\n", 1)[0], text.split("\n\n", 1)[0]
-        if _norm(title) in (_norm(first_line), _norm(first_block)):
-            return text
-    return join_blocks([title or "", text])
+        return _Chapter("")
+    if not title:
+        opening = () if heads and heads[0][0] == 0 else ((0, ""),)  # text before a heading: no section
+        return _Chapter(text, opening + heading_paths(heads))
+    first_line, first_block = text.split("\n", 1)[0], text.split("\n\n", 1)[0]
+    opens = _norm(title) in (_norm(first_line), _norm(first_block))
+    # a heading the chapter opens with is its title (not a section of its own below the title)
+    heads = [h for h in heads if h[0] > 0 or not (opens or _norm(h[2]) == _norm(title))]
+    if not opens:
+        text = join_blocks([title, text])
+        heads = [(offset + len(title) + 2, level, head) for offset, level, head in heads]
+    return _Chapter(text, heading_paths([(0, 0, title), *heads]))
 
 
 def _norm(s: str) -> str:

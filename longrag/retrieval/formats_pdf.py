@@ -587,13 +587,16 @@ class _Page:
                 for k, (text, f) in enumerate(zip(self.texts.split("\n"), self.flags))]
 
 
-def parse_pdf(data: bytes, progress: Callable[[float], None] | None = None) -> PdfText:
+def parse_pdf(data: bytes, progress: Callable[[float], None] | None = None,
+              detail: Callable[[str], None] | None = None) -> PdfText:
     """The PDF's text, the offset in it where each page starts and the pages read by OCR.
 
     Pages are read one at a time and kept packed (:class:`_Page`) until the running headers of
     the whole document are known; then each page is laid out, appended to the text and dropped.
     A page without a usable text layer that shows an image is read by OCR (:mod:`ocr`).
-    ``progress`` gets the fraction of the work done, page by page.
+    ``progress`` gets the fraction of the work done, page by page; ``detail`` gets, after each
+    page, where the work is in words: ``"page 37 of 1000"`` while pages are read, then
+    ``"laying out page 37 of 1000"``.
 
     Raises:
         DecodeError: unreadable or password-protected; scanned pages where OCR finds no text
@@ -644,6 +647,8 @@ def parse_pdf(data: bytes, progress: Callable[[float], None] | None = None) -> P
                 counts.update(w.lower() for w in _WORD.findall(ln.text)[1:-1])
             pages.append(_Page.pack(lines, width, height, cuts, ocr=from_ocr))
             report(0.9 * (i + 1) / max(1, n))
+            if detail is not None:
+                detail(f"page {i + 1} of {n}")
     finally:
         with _LOCK:
             doc.close()
@@ -674,7 +679,7 @@ def parse_pdf(data: bytes, progress: Callable[[float], None] | None = None) -> P
         drops.append(drop)
         pg.edges = []
 
-    text, starts = _lay_out(pages, drops, counts, report)
+    text, starts = _lay_out(pages, drops, counts, report, detail)
     if not text.strip():
         if scans and can_ocr:
             raise DecodeError(
@@ -687,10 +692,10 @@ def parse_pdf(data: bytes, progress: Callable[[float], None] | None = None) -> P
 
 
 def _lay_out(pages: list[_Page | None], drops: list[set[int]], counts: Counter,
-             report: "_Progress") -> tuple[str, list[int]]:
+             report: "_Progress", detail: Callable[[str], None] | None = None) -> tuple[str, list[int]]:
     """Lay each page out in turn (blocks, reading order, paragraphs, joined lines) and append it to
     the text; a paragraph that runs on from one page into the next is continued. Each packed page
-    is dropped once it is laid out."""
+    is dropped once it is laid out (``detail`` hears of each)."""
     chunks: list[str] = []  # the text so far, less ``out``
     out: list[str] = []  # this page's pieces (and the last piece of the page before)
     length = 0
@@ -735,6 +740,8 @@ def _lay_out(pages: list[_Page | None], drops: list[set[int]], counts: Counter,
             chunks.append("".join(out[:-1]))
             del out[:-1]
         report(0.9 + 0.1 * (p + 1) / len(pages))
+        if detail is not None:
+            detail(f"laying out page {p + 1} of {len(pages)}")
     chunks.extend(out)
     text = "".join(chunks)
     del chunks, out

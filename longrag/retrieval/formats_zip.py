@@ -14,7 +14,8 @@ import logging
 import re
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 from longrag.errors import DecodeError, FileTooLargeError
 
@@ -139,3 +140,38 @@ def clean_text(text: str) -> str:
 def join_blocks(blocks: Iterable[str]) -> str:
     """Non-empty blocks separated by one blank line (a paragraph break for the segmenter)."""
     return "\n\n".join(b for b in blocks if b)
+
+
+def block_starts(blocks: Sequence[str]) -> list[int | None]:
+    """Where each block starts in ``join_blocks(blocks)``; None for an empty block (left out)."""
+    starts: list[int | None] = []
+    pos, first = 0, True
+    for block in blocks:
+        if not block:
+            starts.append(None)
+            continue
+        if not first:
+            pos += 2
+        starts.append(pos)
+        pos += len(block)
+        first = False
+    return starts
+
+
+def fill_starts(starts: Sequence[int | None], end: int) -> list[int]:
+    """Page starts with a gap for each page without text: such a page starts where the next one
+    does (``end``, the text's length, after the last), as a PDF's pages do."""
+    out: list[int] = [0] * len(starts)
+    nxt = end
+    for i in range(len(starts) - 1, -1, -1):
+        nxt = starts[i] if starts[i] is not None else nxt
+        out[i] = nxt
+    return out
+
+
+class ZipText(NamedTuple):
+    """A ZIP document's parsed text and its layout, as :class:`parse.ParsedDocument` stores it."""
+
+    text: str
+    pages: tuple[int, ...] | None = None  # the offset where each page (slide) starts
+    sections: tuple[tuple[int, str], ...] | None = None  # (offset, heading path) where each section starts

@@ -23,6 +23,8 @@ from longrag.errors import DecodeError, EmptyDocumentError, UnsupportedFileTypeE
 if TYPE_CHECKING:
     from bs4 import Tag
 
+    from longrag.retrieval.formats_zip import ZipText
+
 log = logging.getLogger(__name__)
 
 TEXT_TYPES = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown"}
@@ -38,8 +40,9 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 class ParsedDocument:
     text: str
     kind: str  # text | markdown | html | pdf | docx | pptx | epub
-    pages: tuple[int, ...] | None = None  # PDF: the offset in ``text`` where each page starts
-    sections: tuple[tuple[int, str], ...] | None = None  # (offset, heading path) where each section starts
+    pages: tuple[int, ...] | None = None  # PDF, PPTX: the offset in ``text`` where each page (slide) starts
+    # (offset, heading path) where each section starts; "" where the text leaves every section
+    sections: tuple[tuple[int, str], ...] | None = None
     ocr: tuple[int, ...] | None = None  # PDF: the 1-based pages whose text OCR recognised (scans)
 
     def artifacts(self) -> dict[str, bytes]:
@@ -65,12 +68,13 @@ def locate(pages: bytes | None, sections: bytes | None, offset: int) -> tuple[in
     if sections:
         heads = json.loads(sections)
         i = bisect.bisect_right([h[0] for h in heads], offset)
-        section = heads[i - 1][1] if i else None
+        section = (heads[i - 1][1] or None) if i else None  # "": text outside every section
     return page, section
 
 
-def _paths(heads: list[tuple[int, int, str]]) -> tuple[tuple[int, str], ...]:
-    """(offset, level, title) in order -> (offset, "Title > Subtitle") by nesting level."""
+def heading_paths(heads: list[tuple[int, int, str]]) -> tuple[tuple[int, str], ...]:
+    """(offset, level, title) in order -> (offset, "Title > Subtitle") by nesting level (a
+    smaller level is an outer heading: Word's Title is 0, ``h1`` and Heading 1 are 1)."""
     stack: list[tuple[int, str]] = []
     out = []
     for offset, level, title in heads:
@@ -105,14 +109,15 @@ def markdown_sections(text: str) -> tuple[tuple[int, str], ...]:
             else:
                 prev = (pos, body) if body.strip() else None
         pos += len(line)
-    return _paths(heads)
+    return heading_paths(heads)
 
 
 _SLIDE = re.compile(r"(?m)(?:\A|(?<=\n\n))(Slide \d+(?:: [^\n]*)?)$")
 
 
 def slide_sections(text: str) -> tuple[tuple[int, str], ...]:
-    """A PowerPoint's ``Slide N: <title>`` lines (formats_office) as its sections."""
+    """A PowerPoint's ``Slide N: <title>`` lines (formats_office), read back from its parsed
+    text, as its sections (the parser itself takes them from the slides)."""
     return tuple((m.start(), m.group(1)) for m in _SLIDE.finditer(text))
 
 
@@ -151,22 +156,39 @@ def _decode_utf8(data: bytes) -> str:
     return text
 
 
-_MARK = re.compile("\ue000([1-6])\ue001")
+_MARK = re.compile("\ue000([1-6])\ue001")  # where a heading opens (its level) ...
+_END = "\ue002"  # ... and where it closes, each a line of its own in html_text's output
 
 
 def _parse_html(data: bytes) -> tuple[str, tuple[tuple[int, str], ...]]:
     """The page's text (:func:`html_text`) and where its ``h1``..``h6`` headings start in it."""
-    from bs4 import BeautifulSoup, NavigableString
+    from bs4 import BeautifulSoup
 
-    soup = BeautifulSoup(_decode_utf8(data), "html.parser")
-    for tag in soup.find_all(["h1", "h2", "h3", "h4", "h5", "h6"]):
-        tag.insert(0, NavigableString(f"\ue000{tag.name[1]}\ue001"))  # a line of its own in html_text
+    text, heads = html_headings(BeautifulSoup(_decode_utf8(data), "html.parser"))
+    return text, heading_paths(heads)
+
+
+def html_headings(root: Tag) -> tuple[str, list[tuple[int, int, str]]]:
+    """:func:`html_text` of ``root`` and its ``h1``..``h6`` headings as (offset, level, title):
+    the title is the heading's lines joined by spaces; a heading without text is left out.
+    Changes ``root`` as :func:`html_text` does."""
+    from bs4 import NavigableString
+
+    for tag in root.find_all(["h1", "h2", "h3", "h4", "h5", "h6"]):
+        tag.insert(0, NavigableString(f"\ue000{tag.name[1]}\ue001"))
+        tag.append(NavigableString(_END))
     out: list[str] = []
     heads: list[tuple[int, int, str]] = []
-    pending, pos, blank = None, 0, False
-    for ln in html_text(soup).split("\n"):  # drop the marks, then collapse blank lines as html_text does
-        if m := _MARK.fullmatch(ln):
-            pending = int(m.group(1))
+    level: int | None = None  # the open heading's level, where its text starts, its lines
+    start: int | None = None
+    lines: list[str] = []
+    pos, blank = 0, False
+    # drop the marks, then collapse blank lines as html_text does; a last end mark closes all
+    for ln in [*html_text(root).split("\n"), _END]:
+        if (m := _MARK.fullmatch(ln)) or ln == _END:
+            if level is not None and start is not None:  # a heading inside another closes the outer one
+                heads.append((start, level, " ".join(lines)))
+            level, start, lines = (int(m.group(1)) if m else None), None, []
             continue
         if not ln:
             if out and not blank:
@@ -174,15 +196,15 @@ def _parse_html(data: bytes) -> tuple[str, tuple[tuple[int, str], ...]]:
                 pos += 1
                 blank = True
             continue
-        if pending is not None:
-            heads.append((pos, pending, ln))
-            pending = None
+        if level is not None:
+            start = pos if start is None else start
+            lines.append(ln)
         out.append(ln)
         pos += len(ln) + 1
         blank = False
     while out and not out[-1]:
         out.pop()
-    return "\n".join(out), _paths(heads)
+    return "\n".join(out), heads
 
 
 def html_text(root: Tag) -> str:
@@ -204,16 +226,17 @@ def html_text(root: Tag) -> str:
     return "\n".join(out).strip()
 
 
-def _parse_pdf(data: bytes, progress: Callable[[float], None] | None):
+def _parse_pdf(data: bytes, progress: Callable[[float], None] | None, detail: Callable[[str], None] | None):
     """The text layer (or OCR's text, on scanned pages) in reading order, where each page starts
     in it, and the pages read by OCR (``formats_pdf``)."""
     from longrag.retrieval.formats_pdf import parse_pdf
 
-    return parse_pdf(data, progress)
+    return parse_pdf(data, progress, detail)
 
 
-def _parse_zipped(kind: str, data: bytes) -> str:
-    """A .docx, .pptx or .epub (bounded unzipping: ``formats_zip``)."""
+def _parse_zipped(kind: str, data: bytes) -> ZipText:
+    """A .docx, .pptx or .epub (bounded unzipping: ``formats_zip``) and its layout: a Word
+    document's and an EPUB's headings, a presentation's slides."""
     if kind == "epub":
         from longrag.retrieval.formats_epub import parse_epub
 
@@ -224,28 +247,28 @@ def _parse_zipped(kind: str, data: bytes) -> str:
 
 
 def parse_bytes(data: bytes, filename: str | None = None, *,
-                progress: Callable[[float], None] | None = None) -> ParsedDocument:
+                progress: Callable[[float], None] | None = None,
+                detail: Callable[[str], None] | None = None) -> ParsedDocument:
     """Parse ``data`` into text. Raises a :class:`LongragError` subclass on bad input.
 
-    ``progress`` gets the fraction of the work done: page by page for a PDF, 1.0 at the end."""
+    ``progress`` gets the fraction of the work done: page by page for a PDF, 1.0 at the end.
+    ``detail`` gets where a PDF's parse is, in words, after each page (``"page 37 of 1000"``)."""
     if not data:
         raise EmptyDocumentError("the file is empty (0 bytes)")
     kind = detect_kind(filename, data)
     pages = sections = ocr = None
     if kind == "pdf":
-        text, pages, ocr = _parse_pdf(data, progress)
+        text, pages, ocr = _parse_pdf(data, progress, detail)
     elif kind == "html":
         text, sections = _parse_html(data)
     elif kind in ZIP_TYPES.values():
-        text = _parse_zipped(kind, data)
+        text, pages, sections = _parse_zipped(kind, data)
     else:
         text = _decode_utf8(data)
     if not text.strip():
         raise EmptyDocumentError("the document has no text (only whitespace)")
     if kind == "markdown":
         sections = markdown_sections(text)
-    elif kind == "pptx":
-        sections = slide_sections(text)
     if progress is not None and kind != "pdf":  # a PDF's parser reports page by page
         progress(1.0)
     return ParsedDocument(text=text, kind=kind, pages=tuple(pages) if pages is not None else None,

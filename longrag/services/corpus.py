@@ -230,8 +230,12 @@ class Corpus:
         *,
         title: str | None = None,
         progress: Progress | None = None,
+        detail: Callable[[str], None] | None = None,
     ) -> IngestResult:
-        """Store a document; identical bytes return the existing id without a second copy."""
+        """Store a document; identical bytes return the existing id without a second copy.
+
+        ``progress(stage, fraction)`` hears of each stage and of the fraction done overall;
+        ``detail`` of where the parse is, in words (a PDF's ``"page 37 of 1000"``)."""
         t0 = time.perf_counter()
         report = progress or (lambda stage, frac: None)
         if len(data) > self.settings.max_file_bytes:
@@ -248,7 +252,8 @@ class Corpus:
                                 existing.n_sentences, existing.n_chunks, time.perf_counter() - t0)
         report("parse", 0.05)
         # page by page (PDF) within the parse stage's share
-        parsed = parse_bytes(data, filename, progress=lambda frac: report("parse", round(0.05 + 0.1 * frac, 4)))
+        parsed = parse_bytes(data, filename, progress=lambda frac: report("parse", round(0.05 + 0.1 * frac, 4)),
+                             detail=detail)
         report("segment", 0.15)
         units = self._units(parsed)
         sentences, chunks = units.sentences, units.chunks

@@ -86,18 +86,10 @@ def run_ingest(settings: Settings, job_id: str) -> dict[str, Any]:
     if data is None:
         jobs.fail(job_id, "upload_missing", "the uploaded bytes are gone (upload again)")
         return {"doc_id": None, "created": False}
-    last = {"stage": None, "p": -1.0}
-
-    def progress(stage: str, fraction: float) -> None:
-        if stage != last["stage"] and stage in _CHECKPOINTS and jobs.cancelled(job_id):
-            raise _Cancelled(stage)  # before the stage starts: nothing of this document is stored yet
-        if stage != last["stage"] or fraction - last["p"] >= 0.05:
-            last.update(stage=stage, p=fraction)
-            jobs.progress(job_id, stage, fraction)
-
+    writer = IngestProgress(jobs, job_id)
     try:
-        result = corpus.ingest_bytes(data, job.payload.get("filename"),
-                                     title=job.payload.get("title"), progress=progress)
+        result = corpus.ingest_bytes(data, job.payload.get("filename"), title=job.payload.get("title"),
+                                     progress=writer.progress, detail=writer.detail)
     except _Cancelled as stop:
         _drop_upload(jobs, job_id, sha)
         log.info("ingest %s cancelled before %s", job_id, stop)
@@ -116,6 +108,57 @@ def run_ingest(settings: Settings, job_id: str) -> dict[str, Any]:
 
 _CHECKPOINTS = frozenset({"parse", "segment", "embed", "index"})
 """Ingest stages before which a cancelled job stops (the document is committed in ``index``)."""
+
+PROGRESS_STEP = 0.05
+"""An ingest's progress is stored at once when its fraction has moved on by this much..."""
+PROGRESS_EVERY_S = 1.0
+"""...and otherwise at most this often while it moves (a long PDF's pages, one by one)."""
+
+
+class IngestProgress:
+    """Stores an ingest's progress on its job record, without a database write per report.
+
+    A new stage is stored at once (after checking whether the job was cancelled), and so is a
+    fraction that moved on by :data:`PROGRESS_STEP`. Smaller moves and a new ``detail`` ("page 37
+    of 1000") are stored at most every :data:`PROGRESS_EVERY_S` seconds, so a 1,000-page PDF's
+    parse shows the page it is on without 1,000 writes.
+    """
+
+    def __init__(self, jobs: JobStore, job_id: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.jobs, self.job_id, self.clock = jobs, job_id, clock
+        self._now: tuple[str | None, float, str | None] = (None, -1.0, None)  # stage, fraction, detail
+        self._stored: tuple[str | None, float, str | None] = (None, -1.0, None)
+        self._stored_at = float("-inf")
+        self.writes = 0
+
+    def progress(self, stage: str, fraction: float) -> None:
+        """The corpus's report of a stage and the overall fraction done.
+
+        Raises:
+            _Cancelled: The job was cancelled before this stage (nothing of it is stored yet).
+        """
+        new_stage = stage != self._now[0]
+        if new_stage and stage in _CHECKPOINTS and self.jobs.cancelled(self.job_id):
+            raise _Cancelled(stage)
+        self._now = (stage, fraction, None if new_stage else self._now[2])  # a detail belongs to its stage
+        self._store(now=new_stage or fraction - self._stored[1] >= PROGRESS_STEP)
+
+    def detail(self, text: str) -> None:
+        """Where the current stage is, in words."""
+        stage, fraction, _ = self._now
+        if stage is not None:
+            self._now = (stage, fraction, text)
+            self._store(now=False)
+
+    def _store(self, *, now: bool) -> None:
+        stage, fraction, detail = self._now
+        if stage is None or self._now == self._stored:
+            return
+        t = self.clock()
+        if now or t - self._stored_at >= PROGRESS_EVERY_S:
+            self.jobs.progress(self.job_id, stage, fraction, detail=detail)
+            self._stored, self._stored_at = self._now, t
+            self.writes += 1
 
 
 class _Cancelled(Exception):

@@ -56,6 +56,7 @@ class Job:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    detail: str | None = None  # where the running stage is, in words: "page 37 of 1000"
 
     def public(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("payload",)}
@@ -65,7 +66,7 @@ class Job:
 
 
 _COLS = ("job_id, kind, state, progress, stage, error, error_code, doc_id, n_bytes, payload, history, "
-         "worker, attempts, created_at, started_at, finished_at")
+         "worker, attempts, created_at, started_at, finished_at, detail")
 
 
 class JobStore:
@@ -120,8 +121,8 @@ class JobStore:
         or cancelled job stays as it is."""
         with self._tx() as c:
             c.execute(
-                "UPDATE jobs SET state=?, worker=?, attempts=attempts+1, started_at=?, error=NULL, error_code=NULL "
-                "WHERE job_id=? AND state NOT IN (?, ?)",
+                "UPDATE jobs SET state=?, worker=?, attempts=attempts+1, started_at=?, error=NULL, error_code=NULL, "
+                "detail=NULL WHERE job_id=? AND state NOT IN (?, ?)",
                 (RUNNING, worker_id(), time.time(), job_id, SUCCEEDED, CANCELLED),
             )
         return self.get(job_id)
@@ -150,21 +151,23 @@ class JobStore:
         row = self._conn.execute("SELECT state FROM jobs WHERE job_id=?", (job_id,)).fetchone()
         return row is not None and row[0] == CANCELLED
 
-    def progress(self, job_id: str, stage: str, fraction: float) -> None:
+    def progress(self, job_id: str, stage: str, fraction: float, detail: str | None = None) -> None:
+        """Record a running job's stage, its overall fraction done and, optionally, where the
+        stage is in words (``detail``: "page 37 of 1000"; None clears it)."""
         with self._tx() as c:
             row = c.execute("SELECT history FROM jobs WHERE job_id=?", (job_id,)).fetchone()
             history = json.loads(row[0]) if row else []
             if not history or history[-1]["stage"] != stage:
                 history.append({"stage": stage, "progress": round(fraction, 4), "t": round(time.time(), 3)})
-            c.execute("UPDATE jobs SET stage=?, progress=?, history=? WHERE job_id=? AND state=?",
-                      (stage, round(fraction, 4), json.dumps(history), job_id, RUNNING))
+            c.execute("UPDATE jobs SET stage=?, progress=?, detail=?, history=? WHERE job_id=? AND state=?",
+                      (stage, round(fraction, 4), detail, json.dumps(history), job_id, RUNNING))
 
     def succeed(self, job_id: str, *, doc_id: str | None = None) -> bool:
         """Mark a job succeeded; False (nothing changed) when it was cancelled meanwhile."""
         with self._tx() as c:
             cur = c.execute(
-                "UPDATE jobs SET state=?, progress=1.0, stage='done', doc_id=COALESCE(?, doc_id), finished_at=?, "
-                "error=NULL, error_code=NULL WHERE job_id=? AND state != ?",
+                "UPDATE jobs SET state=?, progress=1.0, stage='done', detail=NULL, doc_id=COALESCE(?, doc_id), "
+                "finished_at=?, error=NULL, error_code=NULL WHERE job_id=? AND state != ?",
                 (SUCCEEDED, doc_id, time.time(), job_id, CANCELLED),
             )
         return cur.rowcount > 0
@@ -177,7 +180,7 @@ class JobStore:
     def requeue(self, job_id: str, message: str) -> None:
         """A transient failure: the job waits for its retry."""
         with self._tx() as c:
-            c.execute("UPDATE jobs SET state=?, stage='retry', error=? WHERE job_id=? AND state=?",
+            c.execute("UPDATE jobs SET state=?, stage='retry', detail=NULL, error=? WHERE job_id=? AND state=?",
                       (QUEUED, message, job_id, RUNNING))
 
     def counts(self) -> dict[tuple[str, str], int]:

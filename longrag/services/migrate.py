@@ -29,7 +29,7 @@ _DOC_TABLES: list[tuple[str, str]] = [  # (table, columns), copied with each doc
 _VECTORS = "chunk_id, kind, vec"
 _OTHER_TABLES: list[tuple[str, str]] = [  # copied after the documents, whole
     ("jobs", "job_id, kind, state, progress, stage, error, error_code, doc_id, sha256, n_bytes, payload, history, "
-             "worker, attempts, created_at, started_at, finished_at"),
+             "worker, attempts, created_at, started_at, finished_at, detail"),
     ("batch_items", "job_id, idx, question, result, worker"),
     ("conversations", "conversation_id, title, doc_ids, created_at"),
     ("conversation_turns", "conversation_id, idx, question, standalone_question, answer, created_at"),

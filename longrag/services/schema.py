@@ -70,6 +70,9 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         """CREATE TABLE IF NOT EXISTS uploads (
           sha256 TEXT PRIMARY KEY, data {blob} NOT NULL, created_at {real} NOT NULL){norowid}""",
     ]),
+    (3, [  # where a running stage is, in words ("page 37 of 1000"), next to its progress fraction
+        "ALTER TABLE jobs ADD COLUMN detail TEXT",
+    ]),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -49,6 +49,7 @@ class Job:
     error: str | None = None
     doc_id: str | None = None
     result: Any = None
+    detail: str | None = None  # where the running stage is: "page 37 of 1000"
 
     @property
     def done(self) -> bool:
@@ -64,6 +65,7 @@ class Job:
             error=data.get("error"),
             doc_id=data.get("doc_id"),
             result=data.get("result"),
+            detail=data.get("detail"),
         )
 
 

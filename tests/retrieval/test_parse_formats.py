@@ -1,4 +1,5 @@
-"""Word, PowerPoint and EPUB parsing: reading order, headings, exact offsets, bad input."""
+"""Word, PowerPoint and EPUB parsing: reading order, headings, exact offsets, pages and sections,
+bad input."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from longrag.errors import DecodeError, EmptyDocumentError, FileTooLargeError
 from longrag.retrieval import formats_zip
-from longrag.retrieval.parse import detect_kind, parse_bytes
+from longrag.retrieval.parse import detect_kind, locate, parse_bytes
 from longrag.retrieval.segment import split_sentences
 
 
@@ -260,6 +261,199 @@ def test_zip_documents_without_a_suffix_are_sniffed():
     assert detect_kind("upload", _pptx()) == "pptx"
     assert detect_kind(None, _epub()) == "epub"
     assert detect_kind("report.docx", b"%PDF-1.4") == "pdf"
+
+
+# -- pages and sections -------------------------------------------------------------------------
+def _at(doc, needle: str) -> tuple[int | None, str | None]:
+    """The (page, section) that :func:`locate` gives for where ``needle`` starts in the text."""
+    art = doc.artifacts()
+    return locate(art.get("pages"), art.get("sections"), doc.text.index(needle))
+
+
+def _localized_headings(d) -> None:
+    """Heading styles with localized names, known by their outline level; a style based on one;
+    a paragraph made a heading (and one made body text) by direct formatting."""
+    from docx.enum.style import WD_STYLE_TYPE
+    from docx.oxml import OxmlElement
+    from docx.oxml.ns import qn
+
+    def outline(el, level: int) -> None:
+        lvl = OxmlElement("w:outlineLvl")
+        lvl.set(qn("w:val"), str(level))
+        el.get_or_add_pPr().append(lvl)
+
+    h1 = d.styles.add_style("Überschrift 1", WD_STYLE_TYPE.PARAGRAPH)
+    outline(h1.element, 0)
+    h2 = d.styles.add_style("Überschrift 2", WD_STYLE_TYPE.PARAGRAPH)
+    outline(h2.element, 1)
+    chapter = d.styles.add_style("Kapitel", WD_STYLE_TYPE.PARAGRAPH)
+    chapter.base_style = h2
+    d.add_paragraph("Einleitung", style=h1)
+    d.add_paragraph("Der Umsatz stieg.")
+    d.add_paragraph("Märkte", style=h2)
+    d.add_paragraph("Europa wuchs am stärksten.")
+    d.add_paragraph("Ausblick  Europa", style=chapter)
+    outline(d.add_paragraph("Direkt formatiert")._p, 2)
+    d.add_paragraph("Ein Absatz darunter.")
+    outline(d.add_paragraph("Kein Titel", style="Heading 1")._p, 9)
+    d.add_paragraph("   ", style=h1)
+    cell = d.add_table(rows=1, cols=2).cell(0, 0)
+    cell.paragraphs[0].text, cell.paragraphs[0].style = "Zelle", h1
+    d.add_paragraph("Schluss.")
+
+
+def test_docx_headings_give_sections_and_the_text_is_unchanged():
+    doc = parse_bytes(_docx(), "report.docx")
+    assert doc.text == ("Annual Report\n\nIntroduction\n\nThe company grew fast. Revenue doubled in 2023.\n\n"
+                        "Year | Revenue | Staff\n\n2022 | 5M | 40\n\n2023 | 10M | 50\n\nOutlook\n\n"
+                        "Growth will continue next year.")
+    assert doc.pages is None
+    assert [(doc.text[o : o + 5], p) for o, p in doc.sections] == [
+        ("Annua", "Annual Report"), ("Intro", "Annual Report > Introduction"),
+        ("Outlo", "Annual Report > Introduction > Outlook")]
+    assert _at(doc, "Revenue doubled") == (None, "Annual Report > Introduction")
+    assert _at(doc, "2022 | 5M") == (None, "Annual Report > Introduction")
+    assert _at(doc, "Growth will") == (None, "Annual Report > Introduction > Outlook")
+
+
+def test_docx_localized_heading_styles_by_outline_level():
+    doc = parse_bytes(_docx(_localized_headings), "bericht.docx")
+    assert doc.text == ("Einleitung\n\nDer Umsatz stieg.\n\nMärkte\n\nEuropa wuchs am stärksten.\n\n"
+                        "Ausblick Europa\n\nDirekt formatiert\n\nEin Absatz darunter.\n\nKein Titel\n\n"
+                        "Zelle |\n\nSchluss.")
+    assert [p for _, p in doc.sections] == [
+        "Einleitung", "Einleitung > Märkte", "Einleitung > Ausblick Europa",
+        "Einleitung > Ausblick Europa > Direkt formatiert"]
+    assert _at(doc, "Der Umsatz") == (None, "Einleitung")
+    assert _at(doc, "Europa wuchs") == (None, "Einleitung > Märkte")
+    assert _at(doc, "Ein Absatz") == (None, "Einleitung > Ausblick Europa > Direkt formatiert")
+    assert _at(doc, "Schluss.") == _at(doc, "Kein Titel") == _at(doc, "Ein Absatz")  # body text, table cell
+
+
+def test_docx_without_headings_has_no_sections():
+    doc = parse_bytes(_docx(lambda d: d.add_paragraph("Just a note.")), "note.docx")
+    assert doc.text == "Just a note." and doc.sections is None and "sections" not in doc.artifacts()
+
+
+def test_pptx_each_slide_is_a_page_and_a_section():
+    doc = parse_bytes(_pptx(), "deck.pptx")
+    slide3 = doc.text.index("Slide 3: Headcount")
+    assert doc.pages == (0, slide3, slide3)  # the blank slide 2 starts where slide 3 does
+    assert doc.sections == ((0, "Slide 1: Quarterly results"), (slide3, "Slide 3: Headcount"))
+    assert _at(doc, "Costs fell.") == (1, "Slide 1: Quarterly results")
+    assert _at(doc, "Notes: Mention") == (1, "Slide 1: Quarterly results")
+    assert _at(doc, "Hiring resumes") == (3, "Slide 3: Headcount")
+    assert _at(doc, "Sales | 12") == (3, "Slide 3: Headcount")
+
+
+def test_pptx_pages_around_blank_slides_and_slide_lines_in_the_text():
+    from pptx.util import Inches
+
+    def build(prs):
+        prs.slides.add_slide(prs.slide_layouts[6])  # blank
+        s2 = prs.slides.add_slide(prs.slide_layouts[5])
+        s2.shapes.title.text = "Only"
+        s2.shapes.add_textbox(0, Inches(2), Inches(3), Inches(1)).text_frame.text = "Slide 9"  # not a slide
+        prs.slides.add_slide(prs.slide_layouts[6])  # blank, last
+
+    doc = parse_bytes(_pptx(build), "d.pptx")
+    assert doc.text == "Slide 2: Only\n\nSlide 9"
+    assert doc.pages == (0, 0, len(doc.text))
+    assert doc.sections == ((0, "Slide 2: Only"),)
+    assert _at(doc, "Slide 2") == _at(doc, "Slide 9") == (2, "Slide 2: Only")
+
+
+_HEADED_CHAPTERS = {
+    "OEBPS/text/one.xhtml": _xhtml("<h1>Chapter One</h1>\n<p>Call me Ishmael.</p>\n<h2>Loomings</h2>\n"
+                                   "<p>Some years ago I went to sea.</p>"),
+    "OEBPS/text/chapter 2.xhtml": _xhtml('<p id="start">The ship left port at dawn.</p>\n<h2>At Sea</h2>\n'
+                                         "<p>Nobody waved.</p>\n<h3>Storm</h3>\n<p>The mast broke.</p>"),
+}
+
+
+def test_epub_chapter_titles_and_headings_give_sections():
+    doc = parse_bytes(_epub(**_HEADED_CHAPTERS), "book.epub")
+    assert doc.text == ("Chapter One\n\nCall me Ishmael.\n\nLoomings\n\nSome years ago I went to sea.\n\n"
+                        "The Second Chapter\n\nThe ship left port at dawn.\n\nAt Sea\n\nNobody waved.\n\n"
+                        "Storm\n\nThe mast broke.\n\nA note read last.")  # as before sections were kept
+    assert doc.pages is None
+    assert [(doc.text[o : o + 5], p) for o, p in doc.sections] == [
+        ("Chapt", "Chapter One"), ("Loomi", "Chapter One > Loomings"),
+        ("The S", "The Second Chapter"), ("At Se", "The Second Chapter > At Sea"),
+        ("Storm", "The Second Chapter > At Sea > Storm"),
+        ("A not", ""),  # the untitled notes are no part of the chapter before them
+    ]
+    assert _at(doc, "Call me Ishmael.") == (None, "Chapter One")  # its own <h1> is the title, once
+    assert _at(doc, "Some years ago") == (None, "Chapter One > Loomings")
+    assert _at(doc, "The ship left") == (None, "The Second Chapter")
+    assert _at(doc, "Nobody waved.") == (None, "The Second Chapter > At Sea")
+    assert _at(doc, "The mast broke.") == (None, "The Second Chapter > At Sea > Storm")
+    assert _at(doc, "A note read last.") == (None, None)
+
+
+def test_epub_sections_of_the_default_book_and_of_ncx_titles():
+    doc = parse_bytes(_epub(), "book.epub")
+    assert doc.text == ("Chapter One\n\nCall me Ishmael.\n\nSome years ago I went to sea.\n\nThe Second Chapter\n\n"
+                        "The ship left port at dawn.\n\nNobody waved.\n\nA note read last.")
+    assert [p for _, p in doc.sections] == ["Chapter One", "The Second Chapter", ""]
+    ncx = """<?xml version="1.0"?><ncx xmlns="http://www.daisy.org/z3986/2005/ncx/" version="2005-1">
+      <navMap><navPoint id="p1" playOrder="1"><navLabel><text>Departure</text></navLabel>
+      <content src="text/chapter%202.xhtml"/></navPoint></navMap></ncx>"""
+    opf = (_OPF.replace('version="3.0"', 'version="2.0"').replace(' properties="nav"', "")
+           .replace("<spine>", '<spine toc="ncx">')
+           .replace("</manifest>", '<item id="ncx" href="toc.ncx" media-type="application/x-dtbncx+xml"/></manifest>'))
+    old = parse_bytes(_epub(**{"OEBPS/content.opf": opf, "OEBPS/toc.ncx": ncx, "OEBPS/nav.xhtml": None,
+                               **_HEADED_CHAPTERS}), "old.epub")
+    assert old.text == ("Chapter One\n\nCall me Ishmael.\n\nLoomings\n\nSome years ago I went to sea.\n\n"
+                        "Departure\n\nThe ship left port at dawn.\n\nAt Sea\n\nNobody waved.\n\nStorm\n\n"
+                        "The mast broke.\n\nA note read last.")
+    assert _at(old, "Call me Ishmael.") == (None, "Chapter One")  # no TOC title: its <h1>
+    assert _at(old, "Some years ago") == (None, "Chapter One > Loomings")
+    assert _at(old, "The ship left") == (None, "Departure")
+    assert _at(old, "The mast broke.") == (None, "Departure > At Sea > Storm")
+    assert _at(old, "A note read last.") == (None, None)
+
+
+def test_epub_headings_in_markup_empty_ones_and_a_title_that_is_not_the_opening():
+    chapters = {
+        "OEBPS/text/one.xhtml": _xhtml('<div><h1><span>Chapter</span> <em>One</em></h1><h2></h2>'
+                                       "<p>Call <b>me</b> Ishmael.</p><h3>A<br/>broken heading</h3><p>tail</p></div>"),
+        "OEBPS/text/chapter 2.xhtml": _xhtml("<h2> </h2><section><h1>The Second Chapter</h1><p>Ahoy.</p></section>"),
+        "OEBPS/text/notes.xhtml": _xhtml("<h2>Notes</h2><p>A note read last.</p>"),
+    }
+    doc = parse_bytes(_epub(**chapters), "m.epub")
+    assert doc.text == ("Chapter One\n\nChapter\n\nOne\nCall\nme\nIshmael.\nA\nbroken heading\ntail\n\n"
+                        "The Second Chapter\nAhoy.\n\nNotes\nA note read last.")  # as before sections were kept
+    assert [p for _, p in doc.sections] == [
+        "Chapter One",  # the TOC title; the chapter's own <h1> says the same and is not repeated
+        "Chapter One > A broken heading",  # a heading's lines joined; the empty <h2> is none
+        "The Second Chapter", "Notes"]  # an untitled chapter's own heading
+    assert _at(doc, "Ishmael.") == (None, "Chapter One")
+    assert _at(doc, "tail") == (None, "Chapter One > A broken heading")
+    assert _at(doc, "A note") == (None, "Notes")
+
+
+def test_ingested_office_and_epub_evidence_is_located():
+    from longrag.config import get_settings
+    from longrag.services.corpus import Corpus
+
+    corpus = Corpus(settings=get_settings())
+    for data, name, needle, where in (
+        (_docx(), "report.docx", "Revenue doubled", (None, "Annual Report > Introduction")),
+        (_pptx(), "deck.pptx", "Hiring resumes", (3, "Slide 3: Headcount")),
+        (_epub(**_HEADED_CHAPTERS), "book.epub", "Nobody waved.", (None, "The Second Chapter > At Sea")),
+    ):
+        res = corpus.ingest_bytes(data, name)
+        text = corpus.text(res.doc_id)
+        assert text == parse_bytes(data, name).text
+        assert corpus.locate(res.doc_id, text.index(needle)) == where, name
+
+
+def test_block_starts_and_page_starts():
+    assert formats_zip.join_blocks(["a", "", "bc", "d"]) == "a\n\nbc\n\nd"
+    assert formats_zip.block_starts(["a", "", "bc", "d"]) == [0, None, 3, 7]
+    assert formats_zip.block_starts(["", "a"]) == [None, 0]
+    assert formats_zip.fill_starts([None, 0, None, 3, None], 4) == [0, 0, 3, 3, 4]
 
 
 # -- bad input ----------------------------------------------------------------------------------

@@ -349,6 +349,14 @@ def test_sections_of_markdown_html_and_slides():
     assert markdown_sections("plain text") == ()
 
 
+def test_html_headings_are_their_whole_text_and_empty_ones_are_none():
+    html = (b"<html><body><h1><span>Big</span> <em>Guide</em></h1><h2></h2><p>Intro.</p>"
+            b"<h2>Use<br>it</h2><p>Ask.</p></body></html>")
+    doc = parse_bytes(html, "g.html")
+    assert doc.text == "Big\n\nGuide\nIntro.\nUse\nit\nAsk."  # the text itself is unchanged
+    assert doc.sections == ((0, "Big Guide"), (doc.text.index("Use"), "Big Guide > Use it"))
+
+
 LIGHTHOUSE = "The treasury of Zanzibar held exactly nine hundred golden dinars in the year 1911."
 
 

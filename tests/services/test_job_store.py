@@ -86,6 +86,28 @@ def test_start_progress_succeed(store: JobStore):
     assert again.state == SUCCEEDED and again.attempts == 1
 
 
+def test_progress_detail_is_stored_reported_and_cleared(store: JobStore):
+    job = store.create("ingest")
+    assert store.get(job.job_id).detail is None and store.get(job.job_id).public()["detail"] is None
+    store.start(job.job_id)
+    store.progress(job.job_id, "parse", 0.0537, detail="page 37 of 1000")
+    running = store.get(job.job_id)
+    assert (running.stage, running.progress, running.detail) == ("parse", 0.0537, "page 37 of 1000")
+    public = running.public()  # GET /v1/jobs/{id}: the fields it always had, and the detail
+    assert public["detail"] == "page 37 of 1000"
+    assert {"job_id", "kind", "state", "progress", "stage", "error", "error_code", "doc_id", "n_bytes",
+            "history", "worker", "attempts", "created_at", "started_at", "finished_at"} <= public.keys()
+    store.progress(job.job_id, "segment", 0.15)  # a report without a detail clears it
+    assert store.get(job.job_id).detail is None
+    store.progress(job.job_id, "segment", 0.2, detail="x")
+    store.requeue(job.job_id, "worker lost")
+    assert store.get(job.job_id).detail is None
+    store.start(job.job_id)
+    store.progress(job.job_id, "parse", 0.1, detail="page 1 of 2")
+    assert store.succeed(job.job_id)
+    assert store.get(job.job_id).detail is None
+
+
 def test_fail_then_redelivery_and_requeue(store: JobStore):
     job = store.create("ingest")
     store.start(job.job_id)

@@ -69,6 +69,8 @@ def _watch_pending(interval: float = 0.4) -> None:
                 st.error(f"**{name}**: {exc}", icon=":material/error:")
                 continue
             stage = "indexed" if job.state == "succeeded" else (job.stage or job.state)
+            if job.detail and not job.done:
+                stage = f"{stage}, {job.detail}"
             bars[sub.job_id].progress(min(max(job.progress, 0.0), 1.0), text=f"{name}: {stage} ({job.progress:.0%})")
             if job.done:
                 pending.remove(item)
