@@ -332,7 +332,7 @@ def main() -> None:
     workdir = tempfile.TemporaryDirectory(prefix="longrag-rapid-bench-")  # removed when the run ends
     settings = Settings(data_dir=Path(workdir.name))
     if args.threshold is None:
-        args.threshold = settings.rapid_threshold if args.retriever == "product" else 0.2
+        args.threshold = settings.rapid.threshold if args.retriever == "product" else 0.2
 
     from longrag.generation.prompts import answer_messages, encode_chat
     from longrag.generation.rapid import (

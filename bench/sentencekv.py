@@ -70,7 +70,7 @@ class Runner:
         self.peers = peers
         self.dec = dec
         self.cfgs = {p: skv.SentenceKVConfig(budget=budget, retention_ratio=ratio, sink=sink, recent=recent,
-                                             policy=p) for p in ("sentencekv", "snapkv", "streaming")}
+                                             retention="token", policy=p) for p in ("sentencekv", "snapkv", "streaming")}
         self.cfgs["sentencekv_sentret"] = skv.SentenceKVConfig(
             budget=budget, retention_ratio=ratio, sink=sink, recent=recent, retention="sentence")
         self.cfg = self.cfgs["sentencekv"]
@@ -284,7 +284,7 @@ def reuse_task(dec: Any, books, length: int, budget: int) -> dict[str, Any]:
     return {"document_tokens": q1.result.prompt_tokens, "ttft_first_ms": round(first, 1),
             "ttft_second_ms": round(later, 1), "ratio_second_over_first": round(later / first, 3),
             "reused": [q1.reused, q2.reused], "answers": [q1.result.text, q2.result.text], "stored_bytes": size, "book": name,
-            "retention": settings.sentencekv_retention}
+            "retention": settings.sentencekv.retention}
 
 
 # -- main -------------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from longrag.errors import ConfigError
@@ -26,6 +26,109 @@ DrafterKind = Literal["llm", "hybrid", "ngram"]
 DraftLengthPolicy = Literal["cost", "fixed"]
 
 
+class SituatedSettings(BaseModel):
+    """Situated embeddings (docs/situated.md): ``LONGRAG_SITUATED_<NAME>``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    strategy: SituatedStrategy = "residual"
+    context: SituatedContext = "pool"  # residual context vector: pool (neighbours' vectors) | encode
+    window: int = Field(2, ge=0)  # neighbouring chunks on each side in the context window
+    lead: int = Field(1, ge=0)  # the document's first chunks join every chunk's context
+    alpha: float = 0.5  # residual: s = normalize(c + alpha * context)
+    beta: float = Field(0.5, ge=0)  # score = sim(q, s) + beta * sim(q, c)
+    # late chunking window (word pieces); over twice the 64-token overlap of consecutive windows
+    late_max_tokens: int = Field(256, ge=130)
+    weights: Path | None = None  # trained adapter (default: the bundled one)
+
+
+class SentenceKVSettings(BaseModel):
+    """SentenceKV (docs/sentencekv.md): ``LONGRAG_SENTENCEKV_<NAME>``; defaults from the paper
+    (tau = 1024, r = 2, 32 sink / recent) except the prefill retention."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    budget: int = Field(1024, ge=1)  # tau: tokens selected by sentence ranking per decode step
+    ratio: float = Field(2.0, ge=1)  # r: the prefill retains r * tau tokens per KV head
+    sink: int = Field(32, ge=0)
+    recent: int = Field(32, ge=1)
+    max_sentence: int = Field(64, ge=1)  # longer sentences are cut into buckets of this many tokens
+    # prefill retention: sentence (whole sentences: matched full KV on 12 needles at 8k, bench/results/sentencekv_needles.json)
+    # or token (SnapKV top tokens per head, the paper: missed every needle there)
+    retention: SentenceKVRetention = "sentence"
+    min_context: int = Field(4096, ge=0)  # `full` mode uses SentenceKV above this many context tokens
+    doc_cache: bool = True  # persist each document's compressed cache for later questions
+    at_ingest: bool = False  # build that cache at ingestion (ingest hook) instead of 1st question
+
+
+class RefragSettings(BaseModel):
+    """REFRAG (docs/refrag.md), compressed chunk embeddings in the decoder: ``LONGRAG_REFRAG_<NAME>``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    k: int = Field(16, ge=1)  # decoder tokens per compressed chunk (8 | 16 | 32; a projector must exist)
+    p: float = Field(0.1, ge=0, le=1)  # fraction of chunks expanded back to raw tokens
+    policy: RefragPolicy = "query"  # query (most similar to the question) | ppl (highest perplexity) | none
+    max_chunks: int = Field(256, ge=1)  # context taken around the best hit, in chunks (256 x 16 = 4096 tokens)
+    weights: Path | None = None  # projector checkpoint (default: the bundled one for the decoder and k)
+    at_ingest: bool = True  # once the refrag mode is loaded, compute chunk embeddings at ingestion
+
+
+class RapidSettings(BaseModel):
+    """RAPID (docs/rapid.md), retrieval-augmented speculative decoding, mode ``rapid``:
+    ``LONGRAG_RAPID_<NAME>``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    drafter: str | None = None  # drafter decoder (registry name / path); None: the target's own weights
+    # drafter weights: fp16 keeps a half-precision copy of the linear weights for one-token steps
+    # (fp32 weights still serve prefill blocks; measured faster at 8k: bench/rapid.py) | bf16 | fp32
+    drafter_weights: DrafterWeights = "fp16"
+    drafter_kind: DrafterKind = "hybrid"  # llm | hybrid (n-gram lookup in the retrieved context, else llm) | ngram
+    gamma: int = Field(10, ge=1)  # most tokens drafted per verification
+    eta: float = Field(0.0, ge=0, allow_inf_nan=False)  # knowledge transfer strength (0 = lossless speculative decoding)
+    temperature: float = Field(0.0, ge=0, allow_inf_nan=False)  # 0 = greedy
+    tail: float = Field(0.1, ge=0, le=1)  # eta's shift skips tokens whose target probability is under tail * max (paper: 0.1)
+    consensus: bool = False  # a draft token the plain target accepts is kept at any eta (no effect at eta 0)
+    # greedy, eta > 0: a rejected draft token is replaced by the argmax of the rejection residual
+    # max(p - p_hat, p - q, 0), not of p_hat (no third token only the shift ranks first; docs/rapid.md)
+    residual: bool = False
+    chunk_tokens: int = Field(512, ge=1)  # drafter retrieval unit, decoder tokens, no overlap
+    budget_tokens: int = Field(1024, ge=1)  # drafter context = max(this, s / 24) tokens (paper: 4096 at 128K)
+    threshold: float = 0.3  # chunks whose dense cosine is under this are dropped (the retriever orders the rest)
+    min_confidence: float = Field(0.3, ge=0, le=1)  # stop drafting when the drafter's next-token probability is lower
+    max_ngram: int = Field(3, ge=1)  # hybrid / ngram drafter: longest n-gram looked up
+    # shortest n-gram match drafted from, <= rapid_max_ngram (2 measured slower at 8k: bench/rapid.py)
+    min_ngram: int = Field(1, ge=1)
+    # hybrid / ngram drafter: draft length, "cost" (the length with the most expected tokens per unit of
+    # drafting + verification cost, all learnt while decoding, 0 = a plain target step; n-gram drafts,
+    # and the hybrid's LLM drafts: generation/rapid/draft_length.py DraftLength) | "fixed" (n-gram: as long as the
+    # match, LLM: up to gamma with the confidence stop)
+    draft_length: DraftLengthPolicy = "cost"
+    verify_slope: float = Field(0.15, ge=0)  # DraftLength's prior: extra verification cost per drafted token, in steps
+    # cost-aware lengths: start each answer from the estimates the previous answer learnt (same models,
+    # drafter, context size; per process) instead of the priors
+    warm_start: bool = True
+    # hybrid / ngram drafter: draft from a match only when this share of the n-gram's occurrences continue alike
+    ngram_min_agreement: float = Field(0.5, ge=0, le=1)
+    # hybrid / ngram drafter: look n-grams up in the target's whole context when the retrieved one has none
+    # (before the LLM drafter); measured faster at 8k on both decoders over 18 questions each
+    # (bench/results/rapid_8k_qwen_product_pooled.json, rapid_8k_product_pooled.json)
+    ngram_whole_context: bool = True
+
+    @model_validator(mode="after")
+    def _ngram_range(self) -> RapidSettings:
+        if self.min_ngram > self.max_ngram:
+            raise ValueError(f"LONGRAG_RAPID_MIN_NGRAM ({self.min_ngram}) must be <= "
+                             f"LONGRAG_RAPID_MAX_NGRAM ({self.max_ngram})")
+        return self
+
+
+TECHNIQUES: dict[str, type[BaseModel]] = {
+    "situated": SituatedSettings, "sentencekv": SentenceKVSettings, "refrag": RefragSettings, "rapid": RapidSettings,
+}
+
+
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "longrag"
@@ -39,7 +142,8 @@ class Settings(BaseSettings):
     the code that reads the setting later.
     """
 
-    model_config = SettingsConfigDict(env_prefix="LONGRAG_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="LONGRAG_", extra="ignore", env_nested_delimiter="_",
+                                      env_nested_max_split=1)
 
     data_dir: Path = Field(default_factory=_default_data_dir)
     decoder: str = "qwen2.5-coder-0.5b-instruct"
@@ -74,15 +178,6 @@ class Settings(BaseSettings):
 
     # Retrieval (docs/situated.md): default retriever and situated-embedding options
     retriever: Retriever = "hybrid"  # best measured: bench/situated.py
-    situated_strategy: SituatedStrategy = "residual"
-    situated_context: SituatedContext = "pool"  # residual context vector: pool (neighbours' vectors) | encode
-    situated_window: int = Field(2, ge=0)  # neighbouring chunks on each side in the context window
-    situated_lead: int = Field(1, ge=0)  # the document's first chunks join every chunk's context
-    situated_alpha: float = 0.5  # residual: s = normalize(c + alpha * context)
-    situated_beta: float = Field(0.5, ge=0)  # score = sim(q, s) + beta * sim(q, c)
-    # late chunking window (word pieces); over twice the 64-token overlap of consecutive windows
-    situated_late_max_tokens: int = Field(256, ge=130)
-    situated_weights: Path | None = None  # trained adapter (default: the bundled one)
     rrf_k: int = Field(60, ge=0)  # hybrid: reciprocal rank fusion constant
     # Title-link hop (docs/situated.md): the first link_hop hits are read for titles of other
     # documents, whose first chunks go right after the best link_keep hits; 0 = off.
@@ -92,63 +187,11 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(48, ge=1)
     full_context_tokens: int = Field(0, ge=0)  # 0: the decoder's own window minus room for the answer
 
-    # SentenceKV (docs/sentencekv.md); defaults from the paper (tau = 1024, r = 2, 32 sink / recent)
-    sentencekv_budget: int = Field(1024, ge=1)  # tau: tokens selected by sentence ranking per decode step
-    sentencekv_ratio: float = Field(2.0, ge=1)  # r: the prefill retains r * tau tokens per KV head
-    sentencekv_sink: int = Field(32, ge=0)
-    sentencekv_recent: int = Field(32, ge=1)
-    sentencekv_max_sentence: int = Field(64, ge=1)  # longer sentences are cut into buckets of this many tokens
-    # prefill retention: sentence (whole sentences: matched full KV on 12 needles at 8k, bench/results/sentencekv_needles.json)
-    # or token (SnapKV top tokens per head, the paper: missed every needle there)
-    sentencekv_retention: SentenceKVRetention = "sentence"
-    sentencekv_min_context: int = Field(4096, ge=0)  # `full` mode uses SentenceKV above this many context tokens
-    sentencekv_doc_cache: bool = True  # persist each document's compressed cache for later questions
-    sentencekv_at_ingest: bool = False  # build that cache at ingestion (ingest hook) instead of 1st question
-
-    # REFRAG (docs/refrag.md): compressed chunk embeddings in the decoder
-    refrag_k: int = Field(16, ge=1)  # decoder tokens per compressed chunk (8 | 16 | 32; a projector must exist)
-    refrag_p: float = Field(0.1, ge=0, le=1)  # fraction of chunks expanded back to raw tokens
-    refrag_policy: RefragPolicy = "query"  # query (most similar to the question) | ppl (highest perplexity) | none
-    refrag_max_chunks: int = Field(256, ge=1)  # context taken around the best hit, in chunks (256 x 16 = 4096 tokens)
-    refrag_weights: Path | None = None  # projector checkpoint (default: the bundled one for the decoder and k)
-    refrag_at_ingest: bool = True  # once the refrag mode is loaded, compute chunk embeddings at ingestion
-
-    # RAPID (docs/rapid.md): retrieval-augmented speculative decoding, mode `rapid`
-    rapid_drafter: str | None = None  # drafter decoder (registry name / path); None: the target's own weights
-    # drafter weights: fp16 keeps a half-precision copy of the linear weights for one-token steps
-    # (fp32 weights still serve prefill blocks; measured faster at 8k: bench/rapid.py) | bf16 | fp32
-    rapid_drafter_weights: DrafterWeights = "fp16"
-    rapid_drafter_kind: DrafterKind = "hybrid"  # llm | hybrid (n-gram lookup in the retrieved context, else llm) | ngram
-    rapid_gamma: int = Field(10, ge=1)  # most tokens drafted per verification
-    rapid_eta: float = Field(0.0, ge=0, allow_inf_nan=False)  # knowledge transfer strength (0 = lossless speculative decoding)
-    rapid_temperature: float = Field(0.0, ge=0, allow_inf_nan=False)  # 0 = greedy
-    rapid_tail: float = Field(0.1, ge=0, le=1)  # eta's shift skips tokens whose target probability is under tail * max (paper: 0.1)
-    rapid_consensus: bool = False  # a draft token the plain target accepts is kept at any eta (no effect at eta 0)
-    # greedy, eta > 0: a rejected draft token is replaced by the argmax of the rejection residual
-    # max(p - p_hat, p - q, 0), not of p_hat (no third token only the shift ranks first; docs/rapid.md)
-    rapid_residual: bool = False
-    rapid_chunk_tokens: int = Field(512, ge=1)  # drafter retrieval unit, decoder tokens, no overlap
-    rapid_budget_tokens: int = Field(1024, ge=1)  # drafter context = max(this, s / 24) tokens (paper: 4096 at 128K)
-    rapid_threshold: float = 0.3  # chunks whose dense cosine is under this are dropped (the retriever orders the rest)
-    rapid_min_confidence: float = Field(0.3, ge=0, le=1)  # stop drafting when the drafter's next-token probability is lower
-    rapid_max_ngram: int = Field(3, ge=1)  # hybrid / ngram drafter: longest n-gram looked up
-    # shortest n-gram match drafted from, <= rapid_max_ngram (2 measured slower at 8k: bench/rapid.py)
-    rapid_min_ngram: int = Field(1, ge=1)
-    # hybrid / ngram drafter: draft length, "cost" (the length with the most expected tokens per unit of
-    # drafting + verification cost, all learnt while decoding, 0 = a plain target step; n-gram drafts,
-    # and the hybrid's LLM drafts: generation/rapid/draft_length.py DraftLength) | "fixed" (n-gram: as long as the
-    # match, LLM: up to gamma with the confidence stop)
-    rapid_draft_length: DraftLengthPolicy = "cost"
-    rapid_verify_slope: float = Field(0.15, ge=0)  # DraftLength's prior: extra verification cost per drafted token, in steps
-    # cost-aware lengths: start each answer from the estimates the previous answer learnt (same models,
-    # drafter, context size; per process) instead of the priors
-    rapid_warm_start: bool = True
-    # hybrid / ngram drafter: draft from a match only when this share of the n-gram's occurrences continue alike
-    rapid_ngram_min_agreement: float = Field(0.5, ge=0, le=1)
-    # hybrid / ngram drafter: look n-grams up in the target's whole context when the retrieved one has none
-    # (before the LLM drafter); measured faster at 8k on both decoders over 18 questions each
-    # (bench/results/rapid_8k_qwen_product_pooled.json, rapid_8k_product_pooled.json)
-    rapid_ngram_whole_context: bool = True
+    # One model per technique; LONGRAG_<TECHNIQUE>_<NAME> sets <technique>.<name>
+    situated: SituatedSettings = Field(default_factory=SituatedSettings)
+    sentencekv: SentenceKVSettings = Field(default_factory=SentenceKVSettings)
+    refrag: RefragSettings = Field(default_factory=RefragSettings)
+    rapid: RapidSettings = Field(default_factory=RapidSettings)
 
     model_cache: Path | None = None  # where dequantized models are cached (default: data_dir/models)
 
@@ -167,12 +210,23 @@ class Settings(BaseSettings):
     restore_interval_s: int = Field(10, ge=1)  # Redis: how often workers sweep for abandoned tasks
     task_max_retries: int = Field(3, ge=0)  # transient failures (I/O, locked DB, broker) retried with backoff
 
-    @model_validator(mode="after")
-    def _ngram_range(self) -> Settings:
-        if self.rapid_min_ngram > self.rapid_max_ngram:
-            raise ValueError(f"LONGRAG_RAPID_MIN_NGRAM ({self.rapid_min_ngram}) must be <= "
-                             f"LONGRAG_RAPID_MAX_NGRAM ({self.rapid_max_ngram})")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_names(cls, data: Any) -> Any:
+        """Keyword arguments may use the flat names of the environment (``rapid_gamma=4`` for
+        ``rapid={"gamma": 4}``), as ``--set`` and scripts do."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key in [k for k in data if isinstance(k, str)]:
+            group, _, name = key.partition("_")
+            model = TECHNIQUES.get(group)
+            if model is not None and name in model.model_fields:
+                current = data.get(group) or {}
+                if isinstance(current, BaseModel):
+                    current = current.model_dump(exclude_unset=True)
+                data[group] = {**current, name: data.pop(key)}
+        return data
 
     @property
     def db_path(self) -> Path:

@@ -10,7 +10,7 @@ from typing import get_args
 import pytest
 from pydantic import ValidationError
 
-from longrag.config import Settings, get_settings
+from longrag.config import TECHNIQUES, Settings, get_settings
 from longrag.errors import ConfigError, LongragError
 
 
@@ -24,7 +24,12 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def choices(field: str) -> set[str]:
-    return set(get_args(Settings.model_fields[field].annotation))
+    """The choices of a setting by its environment name without the prefix ("rapid_drafter_kind"
+    is ``Settings.rapid.drafter_kind``)."""
+    group, _, name = field.partition("_")
+    model = TECHNIQUES.get(group)
+    info = model.model_fields[name] if model is not None and name in model.model_fields else Settings.model_fields[field]
+    return set(get_args(info.annotation))
 
 
 # -- typed choices: exactly what the code that reads each setting accepts ----------------------
@@ -77,7 +82,7 @@ def test_bad_values_fail_at_settings(clean_env, bad):
 def test_the_edges_of_each_range_are_accepted(clean_env):
     s = Settings(rapid_min_ngram=3, rapid_max_ngram=3, torch_threads=0, link_hop=0, refrag_p=1.0, rapid_tail=0.0,
                  sentencekv_sink=0, situated_late_max_tokens=130)
-    assert s.rapid_min_ngram == s.rapid_max_ngram == 3 and s.situated_late_max_tokens == 130
+    assert s.rapid.min_ngram == s.rapid.max_ngram == 3 and s.situated.late_max_tokens == 130
 
 
 def test_a_bad_environment_value_is_one_clear_config_error(clean_env, monkeypatch):
@@ -120,7 +125,26 @@ def test_cfic_settings_are_typed_too(clean_env, monkeypatch):
 
 
 def test_the_adaptive_drafter_setting_is_gone():
-    assert "rapid_adaptive" not in Settings.model_fields
+    assert "adaptive" not in TECHNIQUES["rapid"].model_fields and "rapid_adaptive" not in Settings.model_fields
+
+
+def test_each_technique_is_one_nested_model_read_from_its_flat_environment_names(clean_env, monkeypatch):
+    monkeypatch.setenv("LONGRAG_RAPID_DRAFTER_KIND", "ngram")
+    monkeypatch.setenv("LONGRAG_SENTENCEKV_BUDGET", "512")
+    monkeypatch.setenv("LONGRAG_SITUATED_LATE_MAX_TOKENS", "300")
+    monkeypatch.setenv("LONGRAG_REFRAG_AT_INGEST", "false")
+    s = get_settings()
+    assert (s.rapid.drafter_kind, s.sentencekv.budget, s.situated.late_max_tokens, s.refrag.at_ingest) == (
+        "ngram", 512, 300, False)
+    assert s.rapid.gamma == TECHNIQUES["rapid"]().gamma  # the rest keeps its defaults
+    # keyword arguments take the same flat names and win over the environment, field by field
+    s = Settings(rapid_gamma=4)
+    assert (s.rapid.gamma, s.rapid.drafter_kind) == (4, "ngram")
+    monkeypatch.setenv("LONGRAG_RAPID_GAMMA", "0")
+    get_settings.cache_clear()
+    with pytest.raises(ConfigError, match="LONGRAG_RAPID_GAMMA"):
+        get_settings()
+    get_settings.cache_clear()
 
 
 # -- each technique's config from the default settings = the config class's defaults ------------
@@ -134,20 +158,19 @@ def test_rapid_config_from_default_settings_is_rapid_configs_defaults(clean_env)
     s = Settings()
     assert rapid_config(s, Question("q", mode="rapid")) == RapidConfig()
     # the drafters' own defaults where the mode passes a setting
-    assert NgramDrafter([1, 2, 3]).max_ngram == s.rapid_max_ngram and NgramDrafter([1, 2, 3]).min_ngram == s.rapid_min_ngram
-    assert LMDrafter(object(), [1]).min_confidence == s.rapid_min_confidence
-    assert DraftLength().prior_slope == DraftLength.for_llm().prior_slope == s.rapid_verify_slope
+    assert NgramDrafter([1, 2, 3]).max_ngram == s.rapid.max_ngram and NgramDrafter([1, 2, 3]).min_ngram == s.rapid.min_ngram
+    assert LMDrafter(object(), [1]).min_confidence == s.rapid.min_confidence
+    assert DraftLength().prior_slope == DraftLength.for_llm().prior_slope == s.rapid.verify_slope
 
 
 def test_sentencekv_config_from_default_settings(clean_env):
-    """SentenceKVConfig's defaults are the paper's (token retention, which bench/sentencekv.py
-    measures as ``sentencekv``); the product retains whole sentences (LONGRAG_SENTENCEKV_RETENTION).
-    Everything else agrees."""
+    """SentenceKVConfig's defaults and the default settings agree (whole-sentence retention; the
+    paper's token retention is what bench/sentencekv.py measures as ``sentencekv``)."""
     from longrag.generation.sentencekv import SentenceKVConfig
     from longrag.services.kvcache import skv_config
 
-    assert skv_config(Settings()) == replace(SentenceKVConfig(), retention="sentence")
-    assert SentenceKVConfig().retention == "token"
+    assert skv_config(Settings()) == SentenceKVConfig()
+    assert SentenceKVConfig().retention == Settings().sentencekv.retention == "sentence"
 
 
 def test_situated_config_from_default_settings_is_situated_configs_defaults(clean_env):

@@ -407,15 +407,15 @@ def situated_texts(doc: UnitDoc, *, lead_chars: tuple[int, int] | None = None, u
 def config_from_settings(settings: Settings) -> SituatedConfig:
     """A :class:`SituatedConfig` from the product's settings (``LONGRAG_SITUATED_*``); the
     options without a setting (``paragraph``, ``use_title``, ``late_overlap``) keep their defaults."""
-    weights = settings.situated_weights
+    weights = settings.situated.weights
     return SituatedConfig(
-        strategy=settings.situated_strategy,
-        context=settings.situated_context,
-        window=settings.situated_window,
-        lead=settings.situated_lead,
-        alpha=settings.situated_alpha,
-        beta=settings.situated_beta,
-        late_max_tokens=settings.situated_late_max_tokens,
+        strategy=settings.situated.strategy,
+        context=settings.situated.context,
+        window=settings.situated.window,
+        lead=settings.situated.lead,
+        alpha=settings.situated.alpha,
+        beta=settings.situated.beta,
+        late_max_tokens=settings.situated.late_max_tokens,
         weights=str(weights) if weights else None,
     )
 

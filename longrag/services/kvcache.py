@@ -36,9 +36,9 @@ _QUESTION_MARK = "\n\nQuestion: "
 def skv_config(settings: Settings) -> skv.SentenceKVConfig:
     """The method's parameters from the settings (``LONGRAG_SENTENCEKV_*``)."""
     return skv.SentenceKVConfig(
-        budget=settings.sentencekv_budget, retention_ratio=settings.sentencekv_ratio,
-        sink=settings.sentencekv_sink, recent=settings.sentencekv_recent,
-        max_sentence_tokens=settings.sentencekv_max_sentence, retention=settings.sentencekv_retention,
+        budget=settings.sentencekv.budget, retention_ratio=settings.sentencekv.ratio,
+        sink=settings.sentencekv.sink, recent=settings.sentencekv.recent,
+        max_sentence_tokens=settings.sentencekv.max_sentence, retention=settings.sentencekv.retention,
     )
 
 
@@ -103,7 +103,7 @@ class DocumentKVCache:
         dec = self.decoder
         cache = skv.new_cache(dec.model, dec.tokenizer, self.config)
         skv.prefill(dec.model, cache, prefix_ids)
-        if self.settings.sentencekv_doc_cache:
+        if self.settings.sentencekv.doc_cache:
             from safetensors.torch import save_file
 
             tensors, meta = cache.state_dict()
@@ -140,7 +140,7 @@ class DocumentKVCache:
         dec = self.decoder
         prefix, suffix = split_prompt(dec.tokenizer, question, context)
         t0 = time.perf_counter()
-        cache = self.load(doc_id, span, prefix) if self.settings.sentencekv_doc_cache else None
+        cache = self.load(doc_id, span, prefix) if self.settings.sentencekv.doc_cache else None
         reused = cache is not None
         if cache is None:
             cache = self.build(doc_id, span, prefix)
@@ -182,7 +182,7 @@ def ingest_hook(corpus: Any, doc_id: str, units: Any) -> None:
     same (every question, for a document that fits the decoder's window) then reuse it.
     """
     settings = corpus.settings
-    if not settings.sentencekv_at_ingest:
+    if not settings.sentencekv.at_ingest:
         return
     from longrag.models.registry import load_decoder
 
@@ -190,7 +190,7 @@ def ingest_hook(corpus: Any, doc_id: str, units: Any) -> None:
     text = units.text
     budget = context_window_tokens(settings, dec)
     span = doc_window(dec.tokenizer, text, budget, anchor_char=0)
-    if span.tokens < settings.sentencekv_min_context:
+    if span.tokens < settings.sentencekv.min_context:
         return
     prefix, _ = split_prompt(dec.tokenizer, "?", text[span.start : span.end])
     cache = DocumentKVCache(settings, dec)

@@ -433,7 +433,7 @@ def _full_generate(pipe: QAPipeline, q: Question, doc_id: str, text: str, span: 
     if q.kv not in (None, "full", "sentencekv"):
         raise InvalidRequestError(f"unknown kv {q.kv!r}; choose from ['full', 'sentencekv']")
     s = pipe.settings
-    kv = q.kv or ("sentencekv" if context_tokens > s.sentencekv_min_context else "full")
+    kv = q.kv or ("sentencekv" if context_tokens > s.sentencekv.min_context else "full")
     fallback = None
     if kv == "sentencekv":
         dec = pipe.decoder

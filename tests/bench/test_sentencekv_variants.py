@@ -30,7 +30,7 @@ def test_qwen2_arch_and_peer_policies_run(tmp_path: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tok = AutoTokenizer.from_pretrained(path)
     for policy in ("snapkv", "streaming"):
-        cfg = skv.SentenceKVConfig(budget=64, sink=8, recent=8, policy=policy)
+        cfg = skv.SentenceKVConfig(budget=64, sink=8, recent=8, policy=policy, retention="token")
         res, cache = skv.generate(model, tok, _ids(tok, LONG_TEXT), cfg, max_new_tokens=4)
         assert res.compressed and 0 < res.kv_bytes < res.kv_bytes_full
         assert cache.layers[0].size <= cfg.sink + max(cfg.recent, cfg.window) + cfg.budget + 4
@@ -40,11 +40,11 @@ def test_peer_selection_rules(tiny) -> None:
     model, tok = tiny
     ids = _ids(tok, LONG_TEXT)
     n = len(ids)
-    snap = skv.SentenceKVConfig(budget=64, sink=8, recent=8, policy="snapkv")
+    snap = skv.SentenceKVConfig(budget=64, sink=8, recent=8, policy="snapkv", retention="token")
     _, cache = skv.generate(model, tok, ids, snap, max_new_tokens=3)
     for layer in cache.layers:  # tau tokens per head besides the sink and the observation window
         assert layer.size <= snap.sink + max(snap.recent, snap.window) + snap.budget + 3
-    stream = skv.SentenceKVConfig(budget=64, sink=8, recent=8, policy="streaming")
+    stream = skv.SentenceKVConfig(budget=64, sink=8, recent=8, policy="streaming", retention="token")
     _, cache = skv.generate(model, tok, ids, stream, max_new_tokens=3)
     window = stream.budget + stream.recent
     for layer in cache.layers:  # the sink and the last tau + recent prompt tokens, the same for every head
@@ -65,7 +65,7 @@ def test_peer_selection_rules(tiny) -> None:
 def test_fork_and_to_dynamic_finish_a_shared_prefix_exactly(tiny) -> None:
     model, tok = tiny
     ids = _ids(tok, LONG_TEXT)
-    cfg = skv.SentenceKVConfig(budget=64, sink=8, recent=8, max_sentence_tokens=16)
+    cfg = skv.SentenceKVConfig(budget=64, sink=8, recent=8, max_sentence_tokens=16, retention="token")
     tail = cfg.window
     prefix = skv.new_cache(model, tok, cfg)
     prefix.begin_prefill(ids)
@@ -82,7 +82,7 @@ def test_fork_and_to_dynamic_finish_a_shared_prefix_exactly(tiny) -> None:
         torch.testing.assert_close(skv.append(model, forked, [t], generated=True),
                                    skv.append(model, ref, [t], generated=True), rtol=0, atol=1e-5)
     # another policy from the same prefix
-    other = peers.fork(prefix, skv.SentenceKVConfig(budget=64, sink=8, recent=8, policy="streaming"))
+    other = peers.fork(prefix, skv.SentenceKVConfig(budget=64, sink=8, recent=8, policy="streaming", retention="token"))
     skv.feed_prompt(model, other, ids[-tail:])
     assert other.skv.policy == "streaming" and other.layers[0].size < forked.layers[0].size
     # the full-KV peer: the prefix as a DynamicCache, then the tail

@@ -495,10 +495,10 @@ def test_rapid_mode_empty_retrieval_and_bad_options(tiny_decoder_dir):
         pipe.ask(Question("Who was the Norman leader?", mode="rapid", kv="paged"))
     # bad settings stop at Settings(), before any question (tests/test_config.py: the CLI's message)
     for bad, match in (({"rapid_min_ngram": 4, "rapid_max_ngram": 3}, "MIN_NGRAM"),
-                       ({"rapid_draft_length": "forever"}, "rapid_draft_length"),
-                       ({"rapid_drafter_kind": "oracle"}, "rapid_drafter_kind"),
-                       ({"rapid_ngram_min_agreement": 1.5}, "rapid_ngram_min_agreement"),
-                       ({"rapid_verify_slope": -0.1}, "rapid_verify_slope")):
+                       ({"rapid_draft_length": "forever"}, "rapid.draft_length"),
+                       ({"rapid_drafter_kind": "oracle"}, "rapid.drafter_kind"),
+                       ({"rapid_ngram_min_agreement": 1.5}, "rapid.ngram_min_agreement"),
+                       ({"rapid_verify_slope": -0.1}, "rapid.verify_slope")):
         with pytest.raises(ValidationError, match=match):
             Settings(**bad)
 

@@ -25,7 +25,7 @@ def _ids(tok, text: str) -> list[int]:
     return list(tok(text, add_special_tokens=False)["input_ids"])
 
 
-CFG = skv.SentenceKVConfig(budget=64, retention_ratio=2.0, sink=8, recent=8, max_sentence_tokens=16)
+CFG = skv.SentenceKVConfig(budget=64, retention_ratio=2.0, sink=8, recent=8, max_sentence_tokens=16, retention="token")
 
 
 def test_short_prompt_is_exactly_full_kv(tiny) -> None:
@@ -114,7 +114,7 @@ def test_generation_without_punctuation_and_one_enormous_sentence(tiny) -> None:
     model, tok = tiny
     words = "the quick brown fox jumps over the lazy dog she spent eleven years there "
     for text in (words * 40, words * 40 + "."):  # no punctuation; one 400-word sentence
-        cfg = skv.SentenceKVConfig(budget=48, sink=4, recent=4, max_sentence_tokens=500)
+        cfg = skv.SentenceKVConfig(budget=48, sink=4, recent=4, max_sentence_tokens=500, retention="token")
         assert cfg.sentence_cap == 48  # a bucket can never exceed the budget
         ids, cache, logits = _long_cache(model, tok, text, cfg)
         assert cache.n_sentences >= len(ids) // 48
@@ -144,7 +144,7 @@ def test_qwen2_arch_runs(tmp_path: Path) -> None:
     path = build_tiny_decoder(tmp_path / "q", arch="qwen2")
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tok = AutoTokenizer.from_pretrained(path)
-    cfg = skv.SentenceKVConfig(budget=64, sink=8, recent=8)
+    cfg = skv.SentenceKVConfig(budget=64, sink=8, recent=8, retention="token")
     res, cache = skv.generate(model, tok, _ids(tok, LONG_TEXT), cfg, max_new_tokens=4)
     assert res.compressed and 0 < res.kv_bytes < res.kv_bytes_full
 

@@ -50,7 +50,7 @@ from longrag.services.qa import Answer, QAPipeline, Question, ground, register_m
 
 log = logging.getLogger(__name__)
 
-DRAFTERS = ("llm", "hybrid", "ngram")  # = the choices of Settings.rapid_drafter_kind (the question's option too)
+DRAFTERS = ("llm", "hybrid", "ngram")  # = the choices of Settings.rapid.drafter_kind (the question's option too)
 
 LEARNT = LearntLengths()  # this process's carried estimates (LONGRAG_RAPID_WARM_START)
 
@@ -66,7 +66,7 @@ def load_drafter(pipe: QAPipeline, weights: str = "fp32") -> Any:
 
     if weights not in WEIGHTS:
         raise InvalidRequestError(f"unknown drafter weights {weights!r}; choose from {list(WEIGHTS)}")
-    name = pipe.settings.rapid_drafter
+    name = pipe.settings.rapid.drafter
     if not name or name == pipe.decoder_name:
         return load_decoder(pipe.decoder_name, weights=weights) if weights != "fp32" else pipe.decoder
     drafter = load_decoder(name, weights=weights)
@@ -132,12 +132,12 @@ def rapid_config(s: Settings, q: Question) -> RapidConfig:
     """
     try:
         return RapidConfig(
-            gamma=q.option("gamma", s.rapid_gamma, int),
-            eta=q.option("eta", s.rapid_eta, float),
-            temperature=q.option("temperature", s.rapid_temperature, float),
-            tail=q.option("tail", s.rapid_tail, float),
-            consensus=q.option("consensus", s.rapid_consensus, bool),
-            residual=q.option("residual", s.rapid_residual, bool),
+            gamma=q.option("gamma", s.rapid.gamma, int),
+            eta=q.option("eta", s.rapid.eta, float),
+            temperature=q.option("temperature", s.rapid.temperature, float),
+            tail=q.option("tail", s.rapid.tail, float),
+            consensus=q.option("consensus", s.rapid.consensus, bool),
+            residual=q.option("residual", s.rapid.residual, bool),
             max_new_tokens=q.max_new_tokens or s.max_new_tokens,
         )
     except ValueError as exc:
@@ -152,16 +152,16 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
     s = pipe.settings
     if q.kv not in (None, "full", "sentencekv"):
         raise InvalidRequestError(f"unknown kv {q.kv!r}; choose from ['full', 'sentencekv']")
-    drafter_kind = q.option("drafter", s.rapid_drafter_kind, str)
+    drafter_kind = q.option("drafter", s.rapid.drafter_kind, str)
     if drafter_kind not in DRAFTERS:
         raise InvalidRequestError(f"unknown drafter {drafter_kind!r}; choose from {list(DRAFTERS)}")
-    weights = q.option("drafter_weights", s.rapid_drafter_weights, str)
+    weights = q.option("drafter_weights", s.rapid.drafter_weights, str)
     if weights not in WEIGHTS:
         raise InvalidRequestError(f"unknown drafter weights {weights!r}; choose from {list(WEIGHTS)}")
     config = rapid_config(s, q)
-    budget_tokens = q.option("budget_tokens", s.rapid_budget_tokens, int)
-    threshold = q.option("threshold", s.rapid_threshold, float)
-    min_conf = q.option("min_confidence", s.rapid_min_confidence, float)
+    budget_tokens = q.option("budget_tokens", s.rapid.budget_tokens, int)
+    threshold = q.option("threshold", s.rapid.threshold, float)
+    min_conf = q.option("min_confidence", s.rapid.min_confidence, float)
 
     hits, r_ms = pipe.retrieve(q)
     if not hits:
@@ -170,7 +170,7 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
     text = pipe.corpus.text(doc_id)
     anchor = next((h.start for h in hits if h.doc_id == doc_id), 0)
     start, end, window_tokens, doc_tokens = _window(pipe, q, text, anchor)
-    kv = q.kv or ("sentencekv" if window_tokens > s.sentencekv_min_context else "full")
+    kv = q.kv or ("sentencekv" if window_tokens > s.sentencekv.min_context else "full")
     if kv == "sentencekv" and (start, end) != (0, len(text)):  # the window the document's stored caches use
         w = doc_window(pipe.decoder.tokenizer, text, context_window_tokens(s, pipe.decoder), anchor_char=anchor)
         start, end, window_tokens = w.start, w.end, w.tokens
@@ -184,7 +184,7 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
     drafter_dec = load_drafter(pipe, weights) if drafter_kind != "ngram" else target  # n-gram drafting needs no LLM
     retrieved: RetrievedContext = retrieve_context(
         context, target.tokenizer, overlap_scorer(doc_hits, start),
-        chunk_tokens=s.rapid_chunk_tokens, budget_tokens=budget_tokens, threshold=threshold,
+        chunk_tokens=s.rapid.chunk_tokens, budget_tokens=budget_tokens, threshold=threshold,
         relevance=None if dense_hits is None else overlap_scorer(dense_hits, start),
     )
     r_ms += (time.perf_counter() - t1) * 1000
@@ -212,17 +212,17 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
         if drafter_kind == "llm":
             drafter = LMDrafter(drafter_dec.model, draft_ids, min_confidence=min_conf)
         else:  # the n-gram index is built only for the kinds that look n-grams up
-            learnt = LEARNT if s.rapid_warm_start else LearntLengths()
+            learnt = LEARNT if s.rapid.warm_start else LearntLengths()
             keys = {kind: (target.name, drafter_dec.name, weights, drafter_kind, kind, len(target_ids).bit_length())
                     for kind in ("ngram", "llm")}
             length = llm_length = None
-            if s.rapid_draft_length == "cost":
-                length = learnt.start(keys["ngram"], lambda: DraftLength(slope=s.rapid_verify_slope))
+            if s.rapid.draft_length == "cost":
+                length = learnt.start(keys["ngram"], lambda: DraftLength(slope=s.rapid.verify_slope))
                 if drafter_kind == "hybrid":
-                    llm_length = learnt.start(keys["llm"], lambda: DraftLength.for_llm(s.rapid_verify_slope))
-            ngram = NgramDrafter(draft_ids, max_ngram=s.rapid_max_ngram, min_ngram=s.rapid_min_ngram,
-                                 fallback_ids=target_ids if s.rapid_ngram_whole_context else (),
-                                 min_agreement=s.rapid_ngram_min_agreement, length=length)
+                    llm_length = learnt.start(keys["llm"], lambda: DraftLength.for_llm(s.rapid.verify_slope))
+            ngram = NgramDrafter(draft_ids, max_ngram=s.rapid.max_ngram, min_ngram=s.rapid.min_ngram,
+                                 fallback_ids=target_ids if s.rapid.ngram_whole_context else (),
+                                 min_agreement=s.rapid.ngram_min_agreement, length=length)
             drafter = ngram if drafter_kind == "ngram" else HybridDrafter(
                 ngram, LMDrafter(drafter_dec.model, draft_ids, min_confidence=min_conf), llm_length=llm_length)
     else:
@@ -249,9 +249,9 @@ def rapid_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
         "drafter_model": drafter_dec.name,
         "drafter_weights": weights_of(drafter_dec.model) if drafter is not None and drafter_kind != "ngram" else None,
         "gamma": config.gamma,
-        "draft_length": s.rapid_draft_length if drafter is not None and drafter_kind != "llm" else None,
-        "ngram_whole_context": s.rapid_ngram_whole_context if drafter is not None and drafter_kind != "llm" else None,
-        "warm_start": bool(s.rapid_warm_start and length is not None) if drafter is not None and drafter_kind != "llm" else None,
+        "draft_length": s.rapid.draft_length if drafter is not None and drafter_kind != "llm" else None,
+        "ngram_whole_context": s.rapid.ngram_whole_context if drafter is not None and drafter_kind != "llm" else None,
+        "warm_start": bool(s.rapid.warm_start and length is not None) if drafter is not None and drafter_kind != "llm" else None,
         "eta": config.eta,
         "tail": config.tail,
         "consensus": config.consensus,

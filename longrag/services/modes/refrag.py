@@ -63,15 +63,15 @@ class Resolved:
 
 def resolve_checkpoint(settings: Settings, k: int) -> Resolved:
     """The projector for the configured decoder and ``k``; else one for ``k`` of another decoder."""
-    if settings.refrag_weights is not None:
-        if not Path(settings.refrag_weights).is_file():
-            raise RefragCheckpointError(f"LONGRAG_REFRAG_WEIGHTS: no REFRAG projector checkpoint at {settings.refrag_weights}")
-        cfg = checkpoint_config(settings.refrag_weights)
+    if settings.refrag.weights is not None:
+        if not Path(settings.refrag.weights).is_file():
+            raise RefragCheckpointError(f"LONGRAG_REFRAG_WEIGHTS: no REFRAG projector checkpoint at {settings.refrag.weights}")
+        cfg = checkpoint_config(settings.refrag.weights)
         if cfg.k != k:
             raise InvalidRequestError(f"LONGRAG_REFRAG_WEIGHTS was trained for k={cfg.k}, not k={k}")
         note = None if cfg.decoder == settings.decoder else (
-            f"projector {settings.refrag_weights.name} is for {cfg.decoder}; using that decoder instead of {settings.decoder}")
-        return Resolved(Path(settings.refrag_weights), cfg.decoder, note)
+            f"projector {settings.refrag.weights.name} is for {cfg.decoder}; using that decoder instead of {settings.decoder}")
+        return Resolved(Path(settings.refrag.weights), cfg.decoder, note)
     path = find_checkpoint(settings.decoder, k)
     if path is not None:
         return Resolved(path, settings.decoder, None)
@@ -98,9 +98,9 @@ def get_refrag(settings: Settings, k: int) -> tuple[Refrag, Resolved]:
 def ingest_hook(corpus: Any, doc_id: str, units: Any) -> None:
     """``Corpus.ingest_hooks`` entry: store the document's chunk embeddings (``refrag-k<k>``)."""
     settings = corpus.settings
-    rt, _ = get_refrag(settings, settings.refrag_k)
-    art = rt.build_artifact(units.text, k=settings.refrag_k)
-    corpus.store.put_artifact(doc_id, artifact_name(settings.refrag_k), pack_artifact(art))
+    rt, _ = get_refrag(settings, settings.refrag.k)
+    art = rt.build_artifact(units.text, k=settings.refrag.k)
+    corpus.store.put_artifact(doc_id, artifact_name(settings.refrag.k), pack_artifact(art))
 
 
 def install(corpus: Any) -> None:
@@ -144,15 +144,15 @@ def refrag_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -
     """Answer from compressed chunk embeddings of the best document's window."""
     t0 = time.perf_counter()
     s = pipe.settings
-    k = q.option("refrag_k", s.refrag_k, int)
-    p = q.option("refrag_p", s.refrag_p, float)
-    policy = q.option("refrag_policy", s.refrag_policy, str)
+    k = q.option("refrag_k", s.refrag.k, int)
+    p = q.option("refrag_p", s.refrag.p, float)
+    policy = q.option("refrag_policy", s.refrag.policy, str)
     if not 0.0 <= p <= 1.0:
         raise InvalidRequestError("refrag_p must be in [0, 1]")
     if policy not in ("query", "ppl", "none"):
         raise InvalidRequestError(f"unknown refrag_policy {policy!r}; choose query | ppl | none")
     rt, res = get_refrag(s, k)  # RefragCheckpointError (a LongragError) names the models on a mismatch
-    if s.refrag_at_ingest:
+    if s.refrag.at_ingest:
         install(pipe.corpus)
     hits, r_ms = pipe.retrieve(q)
     if not hits:
@@ -161,7 +161,7 @@ def refrag_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -
     doc_id = q.doc_ids[0] if q.doc_ids and len(q.doc_ids) == 1 else hits[0].doc_id
     art, cache_state = document_artifact(pipe.corpus, doc_id, rt, k)
     anchor = next((h for h in hits if h.doc_id == doc_id), hits[0])
-    first, last = chunk_window(art, anchor.start, s.refrag_max_chunks)
+    first, last = chunk_window(art, anchor.start, s.refrag.max_chunks)
     chunks = rf_chunk_ids(art.token_ids[first * k : last * k].tolist(), k)
     emb = art.embeddings[first:last]
     expand = rt.select(policy, chunks, emb, p, q.text)
