@@ -124,8 +124,29 @@ class RapidSettings(BaseModel):
         return self
 
 
+class CficSettings(BaseModel):
+    """CFIC evidence extraction (docs/cfic.md): ``LONGRAG_CFIC_<NAME>``; a question may set the
+    keys of ``QUESTION_OPTIONS`` in ``longrag/services/modes/cfic.py`` through its options."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    extractor: str | None = None  # registry decoder that extracts (None: the pipeline's decoder)
+    adapter: str | None = None  # LoRA adapter folder merged into a copy of the extractor
+    top_k: int = Field(3, ge=1)
+    method: Literal["prefix", "likelihood"] = "prefix"
+    max_span_sentences: int = Field(4, ge=1)
+    max_span_words: int = Field(256, ge=1)
+    no_evidence_threshold: float = 0.5  # >= 1: never "no evidence"
+    doc_tokens: int | None = Field(None, ge=1)  # document tokens shown (None: the model's window)
+    regions: int = Field(4, ge=1)
+    score_candidates: int = Field(0, ge=0)
+    batch_size: int = Field(4, ge=1)
+    prefix_cache_mb: float = Field(1024, ge=0)  # KV of recently read documents, reused by later questions (0: off)
+
+
 TECHNIQUES: dict[str, type[BaseModel]] = {
     "situated": SituatedSettings, "sentencekv": SentenceKVSettings, "refrag": RefragSettings, "rapid": RapidSettings,
+    "cfic": CficSettings,
 }
 
 
@@ -192,6 +213,7 @@ class Settings(BaseSettings):
     sentencekv: SentenceKVSettings = Field(default_factory=SentenceKVSettings)
     refrag: RefragSettings = Field(default_factory=RefragSettings)
     rapid: RapidSettings = Field(default_factory=RapidSettings)
+    cfic: CficSettings = Field(default_factory=CficSettings)
 
     model_cache: Path | None = None  # where dequantized models are cached (default: data_dir/models)
 

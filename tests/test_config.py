@@ -114,14 +114,27 @@ def test_cli_reports_a_bad_setting_in_one_line(clean_env, monkeypatch):
 
 
 def test_cfic_settings_are_typed_too(clean_env, monkeypatch):
-    from longrag.services.modes.cfic import CficSettings, _settings
+    from longrag.config import CficSettings
+    from longrag.errors import InvalidRequestError
+    from longrag.services.modes.cfic import _settings
     from longrag.services.qa import Question
 
     with pytest.raises(ValidationError):
         CficSettings(method="guess")
+    # a question's options are checked the same way, as a clear request error
+    with pytest.raises(InvalidRequestError, match="method"):
+        _settings(CficSettings(), Question("q", mode="cfic", options={"method": "guess"}))
+    with pytest.raises(InvalidRequestError, match="top_k"):
+        _settings(CficSettings(), Question("q", mode="cfic", options={"top_k": 0}))
+    assert _settings(CficSettings(), Question("q", mode="cfic", options={"top_k": 5})).top_k == 5
+    # nested under Settings, read from the same LONGRAG_CFIC_<NAME> variables
+    monkeypatch.setenv("LONGRAG_CFIC_MAX_SPAN_WORDS", "100")
+    assert get_settings().cfic.max_span_words == 100
+    get_settings.cache_clear()
     monkeypatch.setenv("LONGRAG_CFIC_TOP_K", "0")
     with pytest.raises(ConfigError, match="LONGRAG_CFIC_TOP_K"):
-        _settings(Question("q", mode="cfic"))
+        get_settings()
+    get_settings.cache_clear()
 
 
 def test_the_adaptive_drafter_setting_is_gone():
@@ -180,8 +193,9 @@ def test_situated_config_from_default_settings_is_situated_configs_defaults(clea
 
 
 def test_cfic_options_from_default_settings_are_cfic_options_defaults(clean_env):
+    from longrag.config import CficSettings
     from longrag.retrieval.cfic import CficOptions
-    from longrag.services.modes.cfic import CficSettings, _options
+    from longrag.services.modes.cfic import _options
 
     assert _options(CficSettings()) == CficOptions()
     shared = {f.name for f in fields(CficOptions)} & set(CficSettings.model_fields)

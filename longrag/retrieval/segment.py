@@ -97,8 +97,6 @@ def split_sentences(text: str, *, backend: str = "blingfire", max_chars: int = 2
         if not _NONSPACE.search(para):
             continue
         local = fn(para) or [(0, len(para))]
-        # Backends may drop characters between sentences; keep exact, gap-free coverage of
-        # non-space text by extending each sentence to the start of the next one.
         # Backends may drop characters between sentences: each sentence runs to the start of
         # the next, then is trimmed, so every non-space character belongs to one sentence.
         starts = sorted(a for a, _ in local)

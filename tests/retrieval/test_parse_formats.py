@@ -235,15 +235,20 @@ def test_epub_chapters_follow_the_spine_with_titles():
     assert text[start:end] == "The ship left port at dawn."
 
 
-def test_epub2_ncx_titles():
+def _epub2_files() -> dict[str, str | None]:
+    """The default book as EPUB 2: an NCX table of contents (chapter 2 titled "Departure") instead
+    of the EPUB 3 nav document."""
     ncx = """<?xml version="1.0"?><ncx xmlns="http://www.daisy.org/z3986/2005/ncx/" version="2005-1">
       <navMap><navPoint id="p1" playOrder="1"><navLabel><text>Departure</text></navLabel>
       <content src="text/chapter%202.xhtml"/></navPoint></navMap></ncx>"""
     opf = (_OPF.replace('version="3.0"', 'version="2.0"').replace(' properties="nav"', "")
            .replace("<spine>", '<spine toc="ncx">')
            .replace("</manifest>", '<item id="ncx" href="toc.ncx" media-type="application/x-dtbncx+xml"/></manifest>'))
-    text = parse_bytes(_epub(**{"OEBPS/content.opf": opf, "OEBPS/toc.ncx": ncx, "OEBPS/nav.xhtml": None}),
-                       "old.epub").text
+    return {"OEBPS/content.opf": opf, "OEBPS/toc.ncx": ncx, "OEBPS/nav.xhtml": None}
+
+
+def test_epub2_ncx_titles():
+    text = parse_bytes(_epub(**_epub2_files()), "old.epub").text
     assert text.index("Call me Ishmael.") < text.index("Departure") < text.index("The ship left port")
 
 
@@ -396,14 +401,7 @@ def test_epub_sections_of_the_default_book_and_of_ncx_titles():
     assert doc.text == ("Chapter One\n\nCall me Ishmael.\n\nSome years ago I went to sea.\n\nThe Second Chapter\n\n"
                         "The ship left port at dawn.\n\nNobody waved.\n\nA note read last.")
     assert [p for _, p in doc.sections] == ["Chapter One", "The Second Chapter", ""]
-    ncx = """<?xml version="1.0"?><ncx xmlns="http://www.daisy.org/z3986/2005/ncx/" version="2005-1">
-      <navMap><navPoint id="p1" playOrder="1"><navLabel><text>Departure</text></navLabel>
-      <content src="text/chapter%202.xhtml"/></navPoint></navMap></ncx>"""
-    opf = (_OPF.replace('version="3.0"', 'version="2.0"').replace(' properties="nav"', "")
-           .replace("<spine>", '<spine toc="ncx">')
-           .replace("</manifest>", '<item id="ncx" href="toc.ncx" media-type="application/x-dtbncx+xml"/></manifest>'))
-    old = parse_bytes(_epub(**{"OEBPS/content.opf": opf, "OEBPS/toc.ncx": ncx, "OEBPS/nav.xhtml": None,
-                               **_HEADED_CHAPTERS}), "old.epub")
+    old = parse_bytes(_epub(**_epub2_files(), **_HEADED_CHAPTERS), "old.epub")
     assert old.text == ("Chapter One\n\nCall me Ishmael.\n\nLoomings\n\nSome years ago I went to sea.\n\n"
                         "Departure\n\nThe ship left port at dawn.\n\nAt Sea\n\nNobody waved.\n\nStorm\n\n"
                         "The mast broke.\n\nA note read last.")

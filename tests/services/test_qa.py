@@ -67,6 +67,17 @@ def test_bad_questions(pipe: QAPipeline):
             pipe.ask(Question("Who?", mode="refrag", options=bad))
 
 
+def test_cfic_mode_checks_its_options_and_cites_exact_spans(pipe: QAPipeline):
+    for bad in ({"top_k": 0}, {"method": "guess"}):
+        with pytest.raises(InvalidRequestError, match="cfic options"):
+            pipe.ask(Question("Who was the Norman leader?", mode="cfic", options=bad))
+    ans = pipe.ask(Question("Who was the Norman leader?", mode="cfic", max_new_tokens=4, options={"top_k": 2}))
+    assert ans.stats["cfic_method"] == pipe.settings.cfic.method == "prefix"
+    assert len(ans.evidence) <= 2
+    for ev in ans.evidence:
+        assert DOC[ev.start : ev.end] == ev.text
+
+
 def test_mode_options_are_typed_and_null_means_the_default():
     q = Question("Who?", options={"eta": "2.5", "gamma": None, "consensus": True, "flag": "yes", "k": "many"})
     assert q.option("eta", 0.0, float) == 2.5 and q.option("gamma", 10, int) == 10

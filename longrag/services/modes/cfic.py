@@ -6,8 +6,8 @@ question + document once and decodes the evidence spans (exact document offsets)
 generated with the spans as the only context. When the extractor finds no evidence (P(end)
 before any evidence token above the threshold) the answer is ``unknown`` with no evidence.
 
-Options come from ``Question.options`` (keys of :class:`CficSettings`) over ``LONGRAG_CFIC_*``
-environment variables.
+Options come from ``Question.options`` (the keys of :data:`QUESTION_OPTIONS`) over the server's
+``Settings.cfic`` (``LONGRAG_CFIC_*`` environment variables).
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ import logging
 import threading
 import time
 from dataclasses import fields
-from typing import Literal
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import ValidationError
 
-from longrag.config import settings_error
+from longrag.config import CficSettings
 from longrag.errors import InvalidRequestError
 from longrag.generation.decoding import TokenCallback
 from longrag.generation.prompts import context_block
@@ -29,25 +27,6 @@ from longrag.retrieval.cfic import CficExtractor, CficOptions, load_adapter_extr
 from longrag.services.qa import Answer, Evidence, QAPipeline, Question, register_mode
 
 log = logging.getLogger(__name__)
-
-
-class CficSettings(BaseSettings):
-    """CFIC tunables (env ``LONGRAG_CFIC_<NAME>``; per question via ``Question.options``)."""
-
-    model_config = SettingsConfigDict(env_prefix="LONGRAG_CFIC_", extra="ignore")
-
-    extractor: str | None = None  # registry decoder that extracts (None: the pipeline's decoder)
-    adapter: str | None = None  # LoRA adapter folder merged into a copy of the extractor
-    top_k: int = Field(3, ge=1)
-    method: Literal["prefix", "likelihood"] = "prefix"
-    max_span_sentences: int = Field(4, ge=1)
-    max_span_words: int = Field(256, ge=1)
-    no_evidence_threshold: float = 0.5  # >= 1: never "no evidence"
-    doc_tokens: int | None = Field(None, ge=1)  # document tokens shown (None: the model's window)
-    regions: int = Field(4, ge=1)
-    score_candidates: int = Field(0, ge=0)
-    batch_size: int = Field(4, ge=1)
-    prefix_cache_mb: float = Field(1024, ge=0)  # KV of recently read documents, reused by later questions (0: off)
 
 
 _extractors: dict[tuple[str, str | None], CficExtractor] = {}
@@ -78,11 +57,8 @@ SERVER_ONLY = ("prefix_cache_mb", "adapter")
 QUESTION_OPTIONS = tuple(f for f in CficSettings.model_fields if f not in SERVER_ONLY)
 
 
-def _settings(q: Question) -> CficSettings:
-    try:
-        base = CficSettings()
-    except ValidationError as exc:
-        raise settings_error(exc, prefix="LONGRAG_CFIC_") from None
+def _settings(base: CficSettings, q: Question) -> CficSettings:
+    """The server's CFIC settings with the question's options over them."""
     known = {k: v for k, v in (q.options or {}).items() if k in QUESTION_OPTIONS}
     if known.get("extractor") is not None:
         from longrag.models.registry import BUNDLED
@@ -90,7 +66,13 @@ def _settings(q: Question) -> CficSettings:
         decoders = sorted(n for n, spec in BUNDLED.items() if spec.kind == "decoder")
         if str(known["extractor"]).lower() not in decoders:  # a question names a bundled decoder, not a path
             raise InvalidRequestError(f"unknown extractor {known['extractor']!r}; choose from {decoders}")
-    return base.model_copy(update=known) if known else base
+    if not known:
+        return base
+    try:  # validated like the environment: a question's top_k=0 or method="guess" is refused
+        return CficSettings.model_validate({**base.model_dump(), **known})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidRequestError(f"cfic options: {problems}") from None
 
 
 def _options(s: CficSettings) -> CficOptions:
@@ -102,9 +84,7 @@ def _options(s: CficSettings) -> CficOptions:
 def cfic_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -> Answer:
     """Retrieve (to pick the document and regions), extract verbatim evidence, answer from it."""
     t0 = time.perf_counter()
-    s = _settings(q)
-    if s.method not in ("prefix", "likelihood"):  # a question's option (the env value is typed)
-        raise InvalidRequestError("cfic method must be 'prefix' or 'likelihood'")
+    s = _settings(pipe.settings.cfic, q)
     hits, r_ms = pipe.retrieve(q)
     if not hits:
         raise InvalidRequestError("no passages found for the question")
