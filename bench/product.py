@@ -1,9 +1,13 @@
-"""Every answer mode through the product path on needle documents (``longrag eval``'s code).
+"""The product path, as ``longrag eval`` runs it: every answer mode on needle documents and
+every retriever on short-sentence documents.
 
-    python -m bench.product [--decoder NAME] [--modes plain,full,...] [--lengths 2k,4k] [--needles 12]
+    python -m bench.product [--suites needles,retrieval] [--decoder NAME] [--modes plain,full,...]
+                            [--lengths 2k,4k] [--needles 12]
 
-Writes ``bench/results/product_eval[-<decoder>].json`` and prints the table
-(``longrag/services/evaluation.py`` describes the documents and the measures).
+Writes ``bench/results/product_eval[-<decoder>].json`` (needles) and
+``bench/results/product_retrieval.json`` (retrieval) and prints the tables
+(``longrag/services/evaluation.py`` and ``longrag/services/retrieval_eval.py`` describe the
+documents and the measures).
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ def main() -> None:
     from longrag.cli import _lengths
     from longrag.config import Settings
     from longrag.services.evaluation import MODES, run_eval
+    from longrag.services.retrieval_eval import run_retrieval_eval
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--suites", default="needles,retrieval")
     ap.add_argument("--decoder", default=None)
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--lengths", default="2k,4k,8k,16k")
@@ -28,14 +34,23 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     set_threads(2)
     hw = hardware()
-    report = run_eval(decoder=args.decoder, modes=args.modes.split(","), lengths=_lengths(args.lengths),
-                      needles=args.needles)
-    decoder = args.decoder or Settings().decoder
-    name = "product_eval" if args.decoder is None else f"product_eval-{decoder}"
-    write_result(name, {"setup": {"decoder": decoder, "command": "longrag eval / python -m bench.product",
-                                  "modes": args.modes, "lengths": args.lengths, "needles": args.needles},
-                        "hardware": hw, **report.to_dict()})
-    print(report.table())
+    suites = args.suites.split(",")
+    if "retrieval" in suites:
+        ranked = run_retrieval_eval()
+        write_result("product_retrieval", {"setup": {"command": "longrag eval --suites retrieval / python -m "
+                                                                "bench.product --suites retrieval",
+                                                     "embedder": Settings().embedder},
+                                           "hardware": hw, **ranked.to_dict()})
+        print(ranked.table())
+    if "needles" in suites:
+        report = run_eval(decoder=args.decoder, modes=args.modes.split(","), lengths=_lengths(args.lengths),
+                          needles=args.needles)
+        decoder = args.decoder or Settings().decoder
+        name = "product_eval" if args.decoder is None else f"product_eval-{decoder}"
+        write_result(name, {"setup": {"decoder": decoder, "command": "longrag eval / python -m bench.product",
+                                      "modes": args.modes, "lengths": args.lengths, "needles": args.needles},
+                            "hardware": hw, **report.to_dict()})
+        print(report.table())
 
 
 if __name__ == "__main__":

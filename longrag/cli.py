@@ -277,34 +277,54 @@ def evaluate(
     lengths: Annotated[str, typer.Option("--lengths", help="Document lengths in decoder tokens.")] = "2k,4k,8k,16k",
     needles: Annotated[int, typer.Option("--needles", help="Needles (questions) per document, 1-12.")] = 12,
     haystack: Annotated[Optional[Path], typer.Option("--haystack", help="A UTF-8 text to hide the needles in.")] = None,
+    suites: Annotated[str, typer.Option("--suites", help="Comma-separated: needles (every answer mode on needle "
+                                        "documents), retrieval (every retriever on short-sentence documents).")] =
+        "needles,retrieval",
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the JSON report here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report instead of the table.")] = False,
 ) -> None:
-    """Every answer mode through the product path on needle documents (a temporary store, never
-    yours): accuracy, evidence hit, TTFT, decode speed, KV held, RAPID acceptance."""
+    """Every answer mode through the product path on needle documents (accuracy, evidence hit,
+    TTFT, decode speed, KV held, RAPID acceptance) and every retriever on short-sentence documents
+    (R@1, R@3, MRR@10), each in a temporary store, never yours."""
     from longrag.services.evaluation import run_eval
+    from longrag.services.retrieval_eval import run_retrieval_eval
 
+    chosen_suites = [x.strip() for x in suites.split(",") if x.strip()]
+    if not chosen_suites or set(chosen_suites) - {"needles", "retrieval"}:
+        _fail(InvalidRequestError(f"--suites: choose from needles, retrieval (got {suites!r})"))
+    body: dict = {}
+    tables: list[str] = []
     try:
-        sizes = _lengths(lengths)
-        chosen = [m.strip() for m in modes.split(",") if m.strip()]
-        total = len(sizes) * len(chosen) * needles
-        with typer.progressbar(length=total, label="longrag eval", file=sys.stderr) as bar:
-            last = {"n": 0}
-
-            def step(done: int, _total: int) -> None:
-                bar.update(done - last["n"])
-                last["n"] = done
-
-            report = run_eval(decoder=decoder, modes=chosen, lengths=sizes, needles=needles, haystack=haystack,
-                              progress=step)
+        if "needles" in chosen_suites:
+            sizes = _lengths(lengths)
+            chosen = [m.strip() for m in modes.split(",") if m.strip()]
+            report = _with_progress(len(sizes) * len(chosen) * needles, lambda step: run_eval(
+                decoder=decoder, modes=chosen, lengths=sizes, needles=needles, haystack=haystack, progress=step))
+            body.update(report.to_dict())
+            tables.append(report.table())
+        if "retrieval" in chosen_suites:
+            ranked = run_retrieval_eval()
+            body["retrieval"] = ranked.to_dict()
+            tables.append(ranked.table())
     except ValueError as exc:
         _fail(InvalidRequestError(str(exc)))
     except LongragError as exc:
         _fail(exc)
-    body = report.to_dict()
     if out is not None:
         out.write_text(json.dumps(body, ensure_ascii=False, indent=1), encoding="utf-8")
-    typer.echo(json.dumps(body, ensure_ascii=False) if as_json else report.table())
+    typer.echo(json.dumps(body, ensure_ascii=False) if as_json else "\n\n".join(tables))
+
+
+def _with_progress(total: int, work):
+    """Run ``work(step)`` under a progress bar on stderr; ``step(done, total)`` advances it."""
+    with typer.progressbar(length=total, label="longrag eval", file=sys.stderr) as bar:
+        last = {"n": 0}
+
+        def step(done: int, _total: int) -> None:
+            bar.update(done - last["n"])
+            last["n"] = done
+
+        return work(step)
 
 
 @app.command()

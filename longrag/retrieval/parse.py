@@ -13,7 +13,7 @@ import bisect
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import TYPE_CHECKING
@@ -70,6 +70,15 @@ def locate(pages: bytes | None, sections: bytes | None, offset: int) -> tuple[in
         i = bisect.bisect_right([h[0] for h in heads], offset)
         section = (heads[i - 1][1] or None) if i else None  # "": text outside every section
     return page, section
+
+
+def section_at(sections: Sequence[tuple[int, str]] | None, offsets: Sequence[int]) -> list[str]:
+    """The heading path at each of ``offsets`` (sorted ``sections`` as in
+    :attr:`ParsedDocument.sections`; ``""`` before the first heading or outside every section)."""
+    if not sections:
+        return ["" for _ in offsets]
+    starts = [o for o, _ in sections]
+    return [sections[i - 1][1] if (i := bisect.bisect_right(starts, off)) else "" for off in offsets]
 
 
 def heading_paths(heads: list[tuple[int, int, str]]) -> tuple[tuple[int, str], ...]:

@@ -54,11 +54,13 @@ _PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
 
 @dataclass(frozen=True, slots=True)
 class UnitDoc:
-    """One document: its text, the units to embed as ``(start, end)`` spans, an optional title."""
+    """One document: its text, the units to embed as ``(start, end)`` spans, an optional title
+    and, per unit, the heading path of the section it lies in (``""``: none)."""
 
     text: str
     units: Sequence[tuple[int, int]]
     title: str | None = None
+    sections: Sequence[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +224,7 @@ class SituatedEmbedder:
             feats = {f: self.feature(f, docs, chunks) for f in adapter.features}
             sit = [adapter.apply(c, {f: feats[f][d] for f in adapter.features}) if len(c) else c
                    for d, c in enumerate(chunks)]
-        return [SituatedVectors(c, s, cfg.beta) for c, s in zip(chunks, sit)]
+        return [self._headed(d, SituatedVectors(c, s, cfg.beta)) for d, c, s in zip(docs, chunks, sit)]
 
     def chunk_vectors(self, docs: Sequence[UnitDoc]) -> list[np.ndarray]:
         texts = [d.text[a:b] for d in docs for a, b in d.units]
@@ -268,12 +270,26 @@ class SituatedEmbedder:
         zero = np.zeros(self.embedder.dim, np.float32)
         return [np.tile(vecs.get(t, zero), (len(d.units), 1)).astype(np.float32) for d, t in zip(docs, titles)]
 
+    def _headed(self, doc: UnitDoc, vecs: SituatedVectors) -> SituatedVectors:
+        """A unit under a heading is read with its heading path in front ("Ingrid Solberg. She
+        joined in 2009."): that one encoding stands for both its text and its context, so its
+        combined vector is that encoding. Units outside every section keep their vectors."""
+        headed = [i for i, p in enumerate(doc.sections or ()) if p.strip()]
+        if not headed:
+            return vecs
+        texts = [f"{doc.sections[i]}. {doc.text[doc.units[i][0] : doc.units[i][1]]}" for i in headed]
+        h = self.embedder.encode(texts).astype(np.float32)
+        chunk, situated = vecs.chunk.copy(), vecs.situated.copy()
+        chunk[headed] = situated[headed] = h
+        return SituatedVectors(chunk, situated, vecs.beta)
+
     def context_texts(self, doc: UnitDoc) -> list[str]:
         """The window text of each unit (title, lead units, then the contiguous window)."""
         cfg = self.config
         out = []
-        head = f"{doc.title}.\n" if cfg.use_title and doc.title else ""
+        title = f"{doc.title}.\n" if cfg.use_title and doc.title else ""
         for i, ctx in enumerate(neighbours(doc.text, doc.units, cfg)):
+            head = title
             lead = [j for j in ctx if j < cfg.lead and abs(j - i) > cfg.window]
             near = sorted({*(j for j in ctx if j not in lead), i})
             parts = [doc.text[doc.units[j][0] : doc.units[j][1]] for j in lead]
@@ -380,11 +396,13 @@ def _split(vectors: np.ndarray, docs: Sequence[UnitDoc]) -> list[np.ndarray]:
 
 
 def situated_texts(doc: UnitDoc, *, lead_chars: tuple[int, int] | None = None, use_title: bool = False) -> list[str]:
-    """Unit texts prefixed with the document's lead (for lexical retrieval of situated units).
+    """Unit texts prefixed with the document's lead and the unit's heading path (for lexical
+    retrieval of situated units).
 
     Like contextual retrieval, a unit that says "He moved there" is indexed together with the
-    sentence that names "he". The lead is ``text[lead_chars[0]:lead_chars[1]]`` (default: the
-    first unit); the lead unit itself gets no prefix.
+    sentence that names "he" and the heading it sits under (``doc.sections``; a unit that begins
+    with its heading gets none). The lead is ``text[lead_chars[0]:lead_chars[1]]`` (default: the
+    first unit); the lead unit itself gets no lead prefix.
 
     Args:
         doc: the document and its units.
@@ -397,10 +415,12 @@ def situated_texts(doc: UnitDoc, *, lead_chars: tuple[int, int] | None = None, u
     lead = doc.text[a:b]
     head = f"{doc.title}. " if use_title and doc.title else ""
     out = []
-    for ua, ub in doc.units:
+    for i, (ua, ub) in enumerate(doc.units):
         unit = doc.text[ua:ub]
         prefix = "" if ua <= a < ub or (ua >= a and ub <= b) else lead + " "
-        out.append(head + prefix + unit)
+        path = doc.sections[i] if doc.sections else ""
+        section = f"{path}. " if path.strip() and path.rsplit(" > ", 1)[-1] not in unit[: len(path) + 8] else ""
+        out.append(head + prefix + section + unit)
     return out
 
 
@@ -423,8 +443,9 @@ def config_from_settings(settings: Settings) -> SituatedConfig:
 class SituatedVectorBuilder:
     """The corpus's ``chunk`` and ``situated`` vector builders, sharing one encoder pass.
 
-    Both take ``(embedder, units)`` where ``units`` has ``.text`` and ``.chunks`` (objects with
-    ``start``/``end``), and return one vector per chunk. ``situated`` reuses the chunk-only
+    Both take ``(embedder, units)`` where ``units`` has ``.text``, ``.chunks`` (objects with
+    ``start``/``end``) and optionally ``.sections`` (``(offset, heading path)`` pairs), and
+    return one vector per chunk. ``situated`` reuses the chunk-only
     vectors that ``chunk`` just computed for the same ``units`` object, so situating costs no
     second encoding of the chunks.
     """
@@ -442,7 +463,11 @@ class SituatedVectorBuilder:
         return vecs
 
     def situated(self, embedder: Embedder, units) -> np.ndarray:
-        doc = UnitDoc(units.text, [(c.start, c.end) for c in units.chunks])
+        from longrag.retrieval.parse import section_at
+
+        sections = getattr(units, "sections", None)
+        doc = UnitDoc(units.text, [(c.start, c.end) for c in units.chunks],
+                      sections=section_at(sections, [c.start for c in units.chunks]) if sections else None)
         with self._lock:
             last = self._last
         chunk = last[1] if last is not None and last[0] is units else None

@@ -10,6 +10,7 @@ processes and hosts reload or rebuild their indexes before searching.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import threading
@@ -49,6 +50,7 @@ class ParsedUnits:
     text: str
     sentences: list[Sentence]
     chunks: list[Chunk]
+    sections: tuple[tuple[int, str], ...] = ()  # (offset, heading path) where each section starts
 
 
 VectorBuilder = Callable[[Embedder, ParsedUnits], np.ndarray]
@@ -221,7 +223,7 @@ class Corpus:
         counts = self.embedder.count_tokens([parsed.text[s.start : s.end] for s in sentences])
         chunks = sentence_chunks(sentences, counts, target_tokens=self.settings.chunk_tokens,
                                  starts=chunk_starts(sentences, _breaks(parsed)))
-        return ParsedUnits(parsed.text, sentences, chunks)
+        return ParsedUnits(parsed.text, sentences, chunks, parsed.sections or ())
 
     def ingest_bytes(
         self,
@@ -453,9 +455,10 @@ class Corpus:
         return [i for i, _ in pairs], [s for _, s in pairs]
 
     def _bm25(self):
-        """BM25 over every stored chunk, each indexed with its document's first sentence
-        (situated text, docs/situated.md); rebuilt in memory when the corpus changes."""
+        """BM25 over every stored chunk, each indexed with its document's first sentence and its
+        heading path (situated text, docs/situated.md); rebuilt in memory when the corpus changes."""
         from longrag.retrieval.bm25 import BM25Index
+        from longrag.retrieval.parse import section_at
         from longrag.retrieval.situated import UnitDoc, situated_texts
 
         with self._mutex:
@@ -468,7 +471,10 @@ class Corpus:
                     first = self.store.sentences(info.doc_id)[:1]
                     lead = (first[0].start, first[0].end) if first else None
                     ids.extend(cid for cid, _ in rows)
-                    texts.extend(situated_texts(UnitDoc(text, [(c.start, c.end) for _, c in rows]), lead_chars=lead))
+                    raw = self.store.get_artifact(info.doc_id, "sections")
+                    paths = section_at([tuple(h) for h in json.loads(raw)], [c.start for _, c in rows]) if raw else None
+                    texts.extend(situated_texts(UnitDoc(text, [(c.start, c.end) for _, c in rows], sections=paths),
+                                                lead_chars=lead))
                 self._lexical = (gen, BM25Index(ids, texts))
             return self._lexical[1]
 

@@ -23,7 +23,10 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from longrag.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +91,12 @@ def run_retrieval_eval(
     *,
     retrievers: Sequence[str] = RETRIEVERS,
     docs_path: Path = DOCS,
+    settings: Settings | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> RetrievalReport:
     """Ingest each document into a temporary store and rank its chunks for every question with
-    every retriever. ``progress(done, total)`` after each question."""
+    every retriever, under ``settings`` (default: the product's). ``progress(done, total)``
+    after each question."""
     from longrag.config import Settings, get_settings
     from longrag.services.corpus import RETRIEVERS as KNOWN
     from longrag.services.corpus import Corpus
@@ -103,7 +108,8 @@ def run_retrieval_eval(
     report = RetrievalReport(list(retrievers), [d["filename"] for d in docs])
     total, done = sum(len(d["questions"]) for d in docs) * len(retrievers), 0
     with tempfile.TemporaryDirectory(prefix="longrag-eval-") as tmp:
-        corpus = Corpus(settings=Settings(**{**get_settings().model_dump(), "data_dir": Path(tmp)}))
+        base = settings or get_settings()
+        corpus = Corpus(settings=Settings(**{**base.model_dump(), "data_dir": Path(tmp)}))
         for d in docs:
             doc_id = corpus.ingest_bytes(d["text"].encode("utf-8"), d["filename"]).doc_id
             log.info("eval: %s -> %s", d["filename"], doc_id)

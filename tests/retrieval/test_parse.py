@@ -68,3 +68,12 @@ def test_pdf_without_text_layer_is_a_clear_error():
 def test_bad_input_gets_clear_errors(data, name, exc, msg):
     with pytest.raises(exc, match=msg):
         parse_bytes(data, name)
+
+
+def test_section_at_gives_the_heading_path_at_each_offset():
+    from longrag.retrieval.parse import section_at
+
+    sections = ((0, "Book"), (10, "Book > One"), (30, ""))
+    assert section_at(sections, [0, 9, 10, 29, 30, 99]) == ["Book", "Book", "Book > One", "Book > One", "", ""]
+    assert section_at(((5, "A"),), [0, 5]) == ["", "A"]
+    assert section_at(None, [0, 1]) == ["", ""]

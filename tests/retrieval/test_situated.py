@@ -252,3 +252,60 @@ def test_store_without_situated_vectors_falls_back_to_chunk():
     assert new.store.count_vectors("situated") == 0
     hits = new.search(QUERY, k=2, retriever="situated")
     assert hits and hits[0].doc_id == a.doc_id
+
+
+# -- headings: a chunk under a heading is read with its heading path ------------------------------
+HEADED_MD = (
+    "# Research staff\n\n"
+    "## Ingrid Solberg\n\nIngrid Solberg studies glaciers at the institute. She joined in 2009. "
+    "She grew up in a fishing village. Her team measures ice every spring.\n\n"
+    "## Tomas Varga\n\nTomas Varga studies river deltas at the institute. He joined in 2014. "
+    "He grew up in a mining town. His team samples mud every autumn.\n"
+)
+
+
+@pytest.mark.integration
+def test_a_headed_unit_is_encoded_with_its_heading_path_and_others_keep_their_vectors():
+    emb = SituatedEmbedder(_embedder())
+    plain = doc_of("Ingrid Solberg studies glaciers. She joined in 2009. She grew up by the sea.")
+    paths = ["", "Staff > Ingrid Solberg", "Staff > Ingrid Solberg"]
+    headed = replace(plain, sections=paths)
+    v_plain, v_headed = emb.embed(plain), emb.embed(headed)
+    np.testing.assert_allclose(v_headed.combined()[0], v_plain.combined()[0], atol=1e-6)  # no heading: as before
+    want = _embedder().encode(["Staff > Ingrid Solberg. She joined in 2009."])[0]
+    np.testing.assert_allclose(v_headed.combined()[1], want, atol=1e-5)
+    np.testing.assert_allclose(v_headed.chunk[1], want, atol=1e-5)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("retriever", ["situated", "bm25", "hybrid"])
+def test_the_heading_finds_the_pronoun_chunk_of_its_section(retriever: str):
+    """Chunks of about one sentence: "She joined in 2009." shares no word with Ingrid Solberg's name; its
+    heading does, so the situated retrievers rank it above Tomas Varga's "He joined in 2014.";
+    chunk-only vectors cannot tell the two apart by name."""
+    from longrag.services.corpus import Corpus
+
+    corpus = Corpus(settings=replace_settings(chunk_tokens=8))
+    doc = corpus.ingest_bytes(HEADED_MD.encode(), "staff.md").doc_id
+    text = corpus.text(doc)
+    gold, other = text.index("She joined in 2009."), text.index("He joined in 2014.")
+
+    def rank(r: str, at: int) -> int:
+        hits = corpus.search("When did Ingrid Solberg join?", k=20, doc_ids=[doc], retriever=r)
+        return next((i for i, h in enumerate(hits) if h.start <= at < h.end), len(hits))  # absent: last
+
+    assert rank(retriever, gold) < rank(retriever, other)
+    assert rank(retriever, gold) <= rank("chunk", gold)
+    assert rank(retriever, gold) <= 2  # after at most the heading chunk and Ingrid's first sentence
+
+
+def test_situated_texts_put_the_heading_path_before_the_chunks_under_it():
+    from longrag.retrieval.situated import situated_texts
+
+    text = "## Ingrid Solberg\n\nShe joined in 2009.\n\nNo heading here."
+    units = [(0, 17), (19, 38), (40, 56)]
+    doc = UnitDoc(text, units, sections=["Ingrid Solberg", "Ingrid Solberg", ""])
+    heading, under, outside = situated_texts(doc, lead_chars=(0, 17))
+    assert heading == "## Ingrid Solberg"  # the heading's own chunk: no prefix
+    assert under == "## Ingrid Solberg Ingrid Solberg. She joined in 2009."  # the lead, then the path
+    assert outside == "## Ingrid Solberg No heading here."  # the lead only
