@@ -4,7 +4,8 @@ For UTF-8 ``.txt`` and ``.md`` the parsed text is the file's content unchanged, 
 ``text[start:end]`` equals ``content[start:end]`` for every evidence span. Every other kind
 (HTML, PDF, Word, PowerPoint, EPUB) is converted once, here, and that text is what is stored,
 shown and indexed. The ZIP-based formats live in ``formats_office`` and ``formats_epub``, PDFs
-in ``formats_pdf`` (scanned pages read by OCR, ``ocr``; see docs/formats.md).
+in ``formats_pdf`` (its layout in ``pdf_layout``, scanned pages read by OCR, ``ocr``; see
+docs/formats.md).
 """
 
 from __future__ import annotations

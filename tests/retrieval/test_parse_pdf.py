@@ -1,4 +1,4 @@
-"""The PDF path (retrieval/formats_pdf.py): reading order, whole words, de-hyphenation, running
+"""The PDF path (retrieval/formats_pdf.py, retrieval/pdf_layout.py): reading order, whole words, de-hyphenation, running
 headers and page numbers dropped, paragraphs, page offsets, and page numbers on evidence.
 
 The fixtures are made here with reportlab: a two-column paper whose text is known word for word.
