@@ -181,3 +181,23 @@ def test_answer_guard_turns_down_echoes_and_answers_not_in_the_context():
     guard.finish()
     assert "".join(streamed) == "Godfrey Norton"
     assert guard.accept("unknown")  # a refusal is an answer the guard lets through
+
+
+@pytest.mark.parametrize("mode,kv", [("plain", None), ("full", None), ("full", "sentencekv"), ("rapid", None),
+                                     ("cfic", None), ("refrag", None)])
+def test_every_mode_on_a_one_sentence_document_answers_with_exact_evidence_or_says_why(
+        tiny_decoder_dir, mode: str, kv: str | None):
+    corpus = Corpus(settings=get_settings())
+    one = "Rollo agreed to swear fealty to King Charles III."
+    doc = corpus.ingest_bytes(one.encode(), "one.txt").doc_id
+    pipe = QAPipeline(corpus, decoder_name=str(tiny_decoder_dir))
+    try:  # k far larger than the document's one chunk
+        ans = pipe.ask(Question("Who did Rollo swear fealty to?", doc_ids=[doc], mode=mode, kv=kv, k=50,
+                                max_new_tokens=4))
+    except InvalidRequestError as exc:  # a mode that cannot serve it says so, in words
+        assert str(exc)
+        return
+    assert ans.mode == mode
+    for ev in ans.evidence:
+        assert one[ev.start : ev.end] == ev.text
+    json.dumps(ans.to_dict())
