@@ -278,20 +278,23 @@ def evaluate(
     needles: Annotated[int, typer.Option("--needles", help="Needles (questions) per document, 1-12.")] = 12,
     haystack: Annotated[Optional[Path], typer.Option("--haystack", help="A UTF-8 text to hide the needles in.")] = None,
     suites: Annotated[str, typer.Option("--suites", help="Comma-separated: needles (every answer mode on needle "
-                                        "documents), retrieval (every retriever on short-sentence documents).")] =
-        "needles,retrieval",
+                                        "documents), retrieval (every retriever on short-sentence documents), answers "
+                                        "(plain and cfic on the short-sentence documents).")] =
+        "needles,retrieval,answers",
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the JSON report here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report instead of the table.")] = False,
 ) -> None:
     """Every answer mode through the product path on needle documents (accuracy, evidence hit,
-    TTFT, decode speed, KV held, RAPID acceptance) and every retriever on short-sentence documents
-    (R@1, R@3, MRR@10), each in a temporary store, never yours."""
+    TTFT, decode speed, KV held, RAPID acceptance), every retriever on short-sentence documents
+    (R@1, R@3, MRR@10) and the plain and cfic modes on them (accuracy, evidence hit@3, latency),
+    each in a temporary store, never yours."""
+    from longrag.services.answers_eval import run_answers_eval
     from longrag.services.evaluation import run_eval
     from longrag.services.retrieval_eval import run_retrieval_eval
 
     chosen_suites = [x.strip() for x in suites.split(",") if x.strip()]
-    if not chosen_suites or set(chosen_suites) - {"needles", "retrieval"}:
-        _fail(InvalidRequestError(f"--suites: choose from needles, retrieval (got {suites!r})"))
+    if not chosen_suites or set(chosen_suites) - {"needles", "retrieval", "answers"}:
+        _fail(InvalidRequestError(f"--suites: choose from needles, retrieval, answers (got {suites!r})"))
     body: dict = {}
     tables: list[str] = []
     try:
@@ -306,6 +309,14 @@ def evaluate(
             ranked = run_retrieval_eval()
             body["retrieval"] = ranked.to_dict()
             tables.append(ranked.table())
+        if "answers" in chosen_suites:
+            from longrag.services.answers_eval import MODES as ANSWER_MODES
+            from longrag.services.retrieval_eval import load_docs
+
+            n = len(ANSWER_MODES) * sum(len(d["questions"]) for d in load_docs())
+            answered = _with_progress(n, lambda step: run_answers_eval(decoder=decoder, progress=step))
+            body["answers"] = answered.to_dict()
+            tables.append(answered.table())
     except ValueError as exc:
         _fail(InvalidRequestError(str(exc)))
     except LongragError as exc:

@@ -6,7 +6,8 @@ reads them all. Windows keep the prompt to what the question is about:
 1. Split the candidate chunks (the retriever's top hits, a deeper pool than the prompt takes)
    into their sentences.
 2. Rank the sentences twice against the question, by dense cosine (the embedder) and by BM25
-   (over the candidates), and fuse the two rankings (reciprocal rank fusion).
+   (over the candidates), and fuse the two rankings (reciprocal rank fusion). A sentence under
+   a heading is ranked as "heading path. sentence", as the chunks are (docs/situated.md).
 3. Take the best ``top`` sentences, each widened by ``radius`` sentences on either side (never
    across a blank-line paragraph break), merge windows that touch, and order them best first.
 
@@ -40,8 +41,11 @@ def sentence_windows(
     text_of: Callable[[str], str],
     encode: Callable[[Sequence[str]], np.ndarray],
     config: WindowConfig = WindowConfig(),
+    section_of: Callable[[str, int], str] | None = None,
 ) -> list[Hit]:
-    """Windows around the sentences of ``hits`` that best match ``question`` (best first)."""
+    """Windows around the sentences of ``hits`` that best match ``question`` (best first).
+
+    ``section_of(doc_id, offset)`` gives the heading path at an offset (``""``: none)."""
     # 1. the candidates: every sentence inside a hit, once
     cands: list[tuple[str, Sentence]] = []
     seen: set[tuple[str, int]] = set()
@@ -53,6 +57,8 @@ def sentence_windows(
     if not cands:
         return list(hits)
     texts = [text_of(d)[s.start : s.end] for d, s in cands]
+    if section_of is not None:
+        texts = [f"{p}. {t}" if (p := section_of(d, s.start)) else t for (d, s), t in zip(cands, texts)]
     # 2. dense and lexical rankings of the candidates, fused
     vecs = encode([question, *texts])
     dense = [int(i) for i in np.argsort(-(vecs[1:] @ vecs[0]), kind="stable")]

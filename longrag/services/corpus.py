@@ -338,6 +338,12 @@ class Corpus:
 
         return locate(self.store.get_artifact(doc_id, "pages"), self.store.get_artifact(doc_id, "sections"), offset)
 
+    def sections(self, doc_id: str) -> tuple[tuple[int, str], ...]:
+        """Where each section of a document's text starts, with its heading path (empty: the
+        format has none, or the document was ingested before they were stored)."""
+        raw = self.store.get_artifact(doc_id, "sections")
+        return tuple((int(o), str(p)) for o, p in json.loads(raw)) if raw else ()
+
     def delete(self, doc_id: str) -> DocumentInfo:
         with self._write_lock():
             info = self.store.get(doc_id)
@@ -471,8 +477,8 @@ class Corpus:
                     first = self.store.sentences(info.doc_id)[:1]
                     lead = (first[0].start, first[0].end) if first else None
                     ids.extend(cid for cid, _ in rows)
-                    raw = self.store.get_artifact(info.doc_id, "sections")
-                    paths = section_at([tuple(h) for h in json.loads(raw)], [c.start for _, c in rows]) if raw else None
+                    sections = self.sections(info.doc_id)
+                    paths = section_at(sections, [c.start for _, c in rows]) if sections else None
                     texts.extend(situated_texts(UnitDoc(text, [(c.start, c.end) for _, c in rows], sections=paths),
                                                 lead_chars=lead))
                 self._lexical = (gen, BM25Index(ids, texts))

@@ -340,7 +340,7 @@ def plain_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
     """Retrieve, build the context (sentence windows or chunks), answer with the answer checks."""
     t0 = time.perf_counter()
     hits, passages, r_ms = plain_context(pipe, q)
-    gen = pipe.answer_from_context(q, context_block([h.text for h in passages]), on_token)
+    gen = pipe.answer_from_context(q, context_block(headed_passages(pipe.corpus, passages)), on_token)
     return Answer(
         gen.text,
         ground(gen.text, passages, pipe.corpus, question=q.text),
@@ -372,8 +372,33 @@ def plain_context(pipe: QAPipeline, q: Question) -> tuple[list[Hit], list[Hit], 
     windows = sentence_windows(
         q.text, hits, sentences_of=cache(pipe.corpus.store.sentences), text_of=cache(pipe.corpus.text),
         encode=pipe.corpus.embedder.encode, config=WindowConfig(top=s.window_top, radius=s.window_radius),
+        section_of=section_finder(pipe.corpus),
     )
     return hits, windows, (time.perf_counter() - t0) * 1000
+
+
+def section_finder(corpus: Corpus) -> Callable[[str, int], str]:
+    """``(doc_id, offset) -> heading path`` (``""``: none), each document's sections read once."""
+    from functools import cache
+
+    from longrag.retrieval.parse import section_at
+
+    sections = cache(corpus.sections)
+    return lambda doc_id, offset: section_at(sections(doc_id), [offset])[0]
+
+
+def headed_passages(corpus: Corpus, passages: Sequence[Hit]) -> list[str]:
+    """Each passage's text, led by its nearest heading in parentheses when it lies in a section
+    ("(Ingrid Solberg) She joined in 2009."): the decoder then knows whose sentence it reads.
+    Only the nearest heading: the outer ones (a document title that names a company) are shared
+    by every passage and would offer the decoder a name that answers nothing. The evidence stays
+    the passage itself, at its exact offsets."""
+    find = section_finder(corpus)
+    out = []
+    for h in passages:
+        heading = find(h.doc_id, h.start).rsplit(" > ", 1)[-1]
+        out.append(f"({heading}) {h.text}" if heading and not h.text.lstrip("# ").startswith(heading) else h.text)
+    return out
 
 
 @register_mode("full")

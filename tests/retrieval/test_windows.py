@@ -75,3 +75,23 @@ def test_a_chain_of_windows_merges_into_one():
                             config=WindowConfig(top=3, radius=0))
     first_par = [w for w in wins if w.start < TEXT.index("\n\n")]
     assert len(first_par) == 1 and (first_par[0].start, first_par[0].end) == (third[0].start, third[-1].end)
+
+
+def test_a_sentence_is_ranked_with_its_heading_path():
+    """"He bought it in 1802." shares no word with "Rowe"; under the heading "Mr. Rowe" it does."""
+    text = "Mr. Rowe\n\nHe bought it in 1802.\n\nMr. Hale\n\nHe sold it in 1790."
+    sents = split_sentences(text)
+    whole = [Hit("d", 0, len(text), text, 1.0)]
+    heads = {0: "Mr. Rowe", text.index("Mr. Hale"): "Mr. Hale"}
+
+    def section_of(doc: str, offset: int) -> str:
+        return heads[max(o for o in heads if o <= offset)]
+
+    def best(**kw) -> str:
+        return sentence_windows("When did Rowe buy it?", whole, sentences_of=lambda d: sents,
+                                text_of=lambda d: text, encode=_encode, config=WindowConfig(top=1, radius=0), **kw)[0].text
+
+    assert best(section_of=section_of) == "He bought it in 1802."
+    hit = sentence_windows("When did Hale sell it?", whole, sentences_of=lambda d: sents, text_of=lambda d: text,
+                           encode=_encode, config=WindowConfig(top=1, radius=0), section_of=section_of)[0]
+    assert hit.text == "He sold it in 1790." and text[hit.start : hit.end] == hit.text  # offsets of the sentence itself

@@ -8,6 +8,7 @@ import pytest
 
 from longrag.config import get_settings
 from longrag.errors import InvalidRequestError, NotFoundError
+from longrag.retrieval.types import Hit
 from longrag.services.corpus import Corpus
 from longrag.services.qa import MODES, QAPipeline, Question
 
@@ -201,3 +202,26 @@ def test_every_mode_on_a_one_sentence_document_answers_with_exact_evidence_or_sa
     for ev in ans.evidence:
         assert one[ev.start : ev.end] == ev.text
     json.dumps(ans.to_dict())
+
+
+def test_plain_mode_shows_each_passage_under_its_heading_path(tiny_decoder_dir):
+    from longrag.services.qa import headed_passages
+
+    corpus = Corpus(settings=get_settings())
+    md = "# Staff\n\n## Ingrid Solberg\n\nIngrid Solberg studies ice. She joined in 2009.\n"
+    doc = corpus.ingest_bytes(md.encode(), "staff.md").doc_id
+    txt = corpus.ingest_bytes(b"She joined in 2009. It rained.", "plain.txt").doc_id
+    text = corpus.text(doc)
+    at = text.index("She joined")
+    heading = text.index("## Ingrid")
+    passages = [Hit(doc, at, at + 19, text[at : at + 19], 1.0), Hit(txt, 0, 19, "She joined in 2009.", 1.0),
+                Hit(doc, heading, heading + 17, text[heading : heading + 17], 1.0)]
+    assert headed_passages(corpus, passages) == [
+        "(Ingrid Solberg) She joined in 2009.",  # the nearest heading says whose sentence it is
+        "She joined in 2009.",  # no sections: as it is
+        "## Ingrid Solberg",  # a passage that starts with its own heading: no second copy
+    ]
+    ans = QAPipeline(corpus, decoder_name=str(tiny_decoder_dir)).ask(
+        Question("When did Ingrid Solberg join?", doc_ids=[doc], max_new_tokens=4))
+    for ev in ans.evidence:  # the evidence is the document's own text, never the label
+        assert text[ev.start : ev.end] == ev.text
