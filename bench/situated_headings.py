@@ -6,15 +6,18 @@ indexes the path with the chunk) and as plain text (the same characters, no sect
 chunk is situated by its neighbours only). The development set (``bench/situated_dev_docs.json``:
 a bicycle catalogue, a walking club's travel log, an employee handbook) chose the method; the
 evaluation set (``longrag/services/data/situated_docs.json``: staff profiles, board minutes, a
-supply contract) is what ``longrag eval --suites retrieval`` reports.
+supply contract) is what ``longrag eval --suites retrieval`` reports. With ``--answers`` the
+plain mode answers every question on both sets and both variants too (the default decoder;
+Markdown: each sentence ranked and shown under its nearest heading).
 
-    python -m bench.situated_headings
+    python -m bench.situated_headings [--answers]
 
 Writes ``bench/results/situated_headings.json``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import tempfile
@@ -35,8 +38,12 @@ def as_plain_text(docs_path: Path, out: Path) -> Path:
 
 
 def main() -> None:
+    from longrag.services.answers_eval import run_answers_eval
     from longrag.services.retrieval_eval import DOCS, run_retrieval_eval
 
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--answers", action="store_true", help="also answer every question in the plain mode")
+    args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     set_threads(2)
     results = {}
@@ -46,7 +53,12 @@ def main() -> None:
                 report = run_retrieval_eval(docs_path=docs)
                 results[f"{name}/{variant}"] = [s for s in report.summary() if s["doc"] == "all"]
                 print(f"## {name}, {variant}\n{report.table()}\n")
-    write_result("situated_headings", {"setup": {"command": "python -m bench.situated_headings"},
+                if args.answers:
+                    answered = run_answers_eval(modes=["plain"], docs_path=docs)
+                    results[f"{name}/{variant}/answers"] = answered.summary()
+                    print(answered.table() + "\n")
+    write_result("situated_headings", {"setup": {"command": "python -m bench.situated_headings"
+                                                            + (" --answers" if args.answers else "")},
                                        "hardware": hardware(), "results": results})
 
 
