@@ -73,7 +73,7 @@ def test_cfic_mode_checks_its_options_and_cites_exact_spans(pipe: QAPipeline):
         with pytest.raises(InvalidRequestError, match="cfic options"):
             pipe.ask(Question("Who was the Norman leader?", mode="cfic", options=bad))
     ans = pipe.ask(Question("Who was the Norman leader?", mode="cfic", max_new_tokens=4, options={"top_k": 2}))
-    assert ans.stats["cfic_method"] == pipe.settings.cfic.method == "prefix"
+    assert ans.stats["cfic_method"] == pipe.settings.cfic.method == "likelihood"
     assert len(ans.evidence) <= 2
     for ev in ans.evidence:
         assert DOC[ev.start : ev.end] == ev.text

@@ -41,14 +41,14 @@ class CficOptions:
     """
 
     top_k: int = 3
-    method: str = "prefix"
+    method: str = "likelihood"
     max_span_sentences: int = 4
     max_span_words: int = 256
     no_evidence_threshold: float | None = 0.5
     doc_tokens: int | None = None
     regions: int = 4
     batch_size: int = 4
-    score_candidates: int = 0
+    score_candidates: int = 16
     score_tokens: int = 48
 
 
