@@ -37,6 +37,10 @@ SUPPORTED = {**TEXT_TYPES, **HTML_TYPES, **PDF_TYPES, **ZIP_TYPES}
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 
 
+HEADING_SEP = " > "
+"""Joins the headings of a section's path, outermost first."""
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedDocument:
     text: str
@@ -67,9 +71,7 @@ def locate(pages: bytes | None, sections: bytes | None, offset: int) -> tuple[in
         starts = json.loads(pages)
         page = bisect.bisect_right(starts, offset) or None
     if sections:
-        heads = json.loads(sections)
-        i = bisect.bisect_right([h[0] for h in heads], offset)
-        section = (heads[i - 1][1] or None) if i else None  # "": text outside every section
+        section = section_at(json.loads(sections), [offset])[0] or None  # "": text outside every section
     return page, section
 
 
@@ -82,6 +84,18 @@ def section_at(sections: Sequence[tuple[int, str]] | None, offsets: Sequence[int
     return [sections[i - 1][1] if (i := bisect.bisect_right(starts, off)) else "" for off in offsets]
 
 
+def nearest_heading(path: str) -> str:
+    """The innermost heading of a heading path ("Staff > Ingrid Solberg" -> "Ingrid Solberg")."""
+    return path.rsplit(HEADING_SEP, 1)[-1]
+
+
+def opens_section(text: str, path: str) -> bool:
+    """Whether ``text`` begins with the innermost heading of ``path`` (Markdown's ``#`` marks
+    aside): the unit that starts its section, which needs no second copy of its heading."""
+    heading = nearest_heading(path)
+    return bool(heading) and text.lstrip("# ").startswith(heading)
+
+
 def heading_paths(heads: list[tuple[int, int, str]]) -> tuple[tuple[int, str], ...]:
     """(offset, level, title) in order -> (offset, "Title > Subtitle") by nesting level (a
     smaller level is an outer heading: Word's Title is 0, ``h1`` and Heading 1 are 1)."""
@@ -91,7 +105,7 @@ def heading_paths(heads: list[tuple[int, int, str]]) -> tuple[tuple[int, str], .
         while stack and stack[-1][0] >= level:
             stack.pop()
         stack.append((level, title))
-        out.append((offset, " > ".join(t for _, t in stack)))
+        out.append((offset, HEADING_SEP.join(t for _, t in stack)))
     return tuple(out)
 
 

@@ -409,6 +409,8 @@ def situated_texts(doc: UnitDoc, *, lead_chars: tuple[int, int] | None = None, u
         lead_chars: the span of the lead (in the product: the document's first sentence).
         use_title: also prefix the document title, when it has one.
     """
+    from longrag.retrieval.parse import opens_section
+
     if not len(doc.units):
         return []
     a, b = lead_chars if lead_chars is not None else doc.units[0]
@@ -419,7 +421,7 @@ def situated_texts(doc: UnitDoc, *, lead_chars: tuple[int, int] | None = None, u
         unit = doc.text[ua:ub]
         prefix = "" if ua <= a < ub or (ua >= a and ub <= b) else lead + " "
         path = doc.sections[i] if doc.sections else ""
-        section = f"{path}. " if path.strip() and path.rsplit(" > ", 1)[-1] not in unit[: len(path) + 8] else ""
+        section = f"{path}. " if path.strip() and not opens_section(unit, path) else ""
         out.append(head + prefix + section + unit)
     return out
 

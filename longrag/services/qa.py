@@ -339,8 +339,9 @@ def _timings(retrieval_ms: float, gen, t0: float) -> dict[str, float]:
 def plain_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) -> Answer:
     """Retrieve, build the context (sentence windows or chunks), answer with the answer checks."""
     t0 = time.perf_counter()
-    hits, passages, r_ms = plain_context(pipe, q)
-    gen = pipe.answer_from_context(q, context_block(headed_passages(pipe.corpus, passages)), on_token)
+    section_of = section_finder(pipe.corpus)
+    hits, passages, r_ms = plain_context(pipe, q, section_of)
+    gen = pipe.answer_from_context(q, context_block(headed_passages(passages, section_of)), on_token)
     return Answer(
         gen.text,
         ground(gen.text, passages, pipe.corpus, question=q.text),
@@ -352,11 +353,13 @@ def plain_mode(pipe: QAPipeline, q: Question, on_token: TokenCallback | None) ->
     )
 
 
-def plain_context(pipe: QAPipeline, q: Question) -> tuple[list[Hit], list[Hit], float]:
+def plain_context(pipe: QAPipeline, q: Question, section_of: Callable[[str, int], str] | None = None
+                  ) -> tuple[list[Hit], list[Hit], float]:
     """(retrieved hits, the passages the prompt shows in its order, retrieval ms).
 
     ``context_unit`` window: sentence windows (retrieval/windows.py) around the best sentences of
-    the top ``window_pool`` chunks, best first; chunk: the top ``k`` chunks in document order.
+    the top ``window_pool`` chunks, best first, each ranked under its heading path
+    (``section_of``, default :func:`section_finder`); chunk: the top ``k`` chunks in document order.
     """
     from functools import cache
 
@@ -372,7 +375,7 @@ def plain_context(pipe: QAPipeline, q: Question) -> tuple[list[Hit], list[Hit], 
     windows = sentence_windows(
         q.text, hits, sentences_of=cache(pipe.corpus.store.sentences), text_of=cache(pipe.corpus.text),
         encode=pipe.corpus.embedder.encode, config=WindowConfig(top=s.window_top, radius=s.window_radius),
-        section_of=section_finder(pipe.corpus),
+        section_of=section_of or section_finder(pipe.corpus),
     )
     return hits, windows, (time.perf_counter() - t0) * 1000
 
@@ -387,17 +390,18 @@ def section_finder(corpus: Corpus) -> Callable[[str, int], str]:
     return lambda doc_id, offset: section_at(sections(doc_id), [offset])[0]
 
 
-def headed_passages(corpus: Corpus, passages: Sequence[Hit]) -> list[str]:
+def headed_passages(passages: Sequence[Hit], section_of: Callable[[str, int], str]) -> list[str]:
     """Each passage's text, led by its nearest heading in parentheses when it lies in a section
     ("(Ingrid Solberg) She joined in 2009."): the decoder then knows whose sentence it reads.
     Only the nearest heading: the outer ones (a document title that names a company) are shared
     by every passage and would offer the decoder a name that answers nothing. The evidence stays
-    the passage itself, at its exact offsets."""
-    find = section_finder(corpus)
+    the passage itself, at its exact offsets. ``section_of``: :func:`section_finder`."""
+    from longrag.retrieval.parse import nearest_heading, opens_section
+
     out = []
     for h in passages:
-        heading = find(h.doc_id, h.start).rsplit(" > ", 1)[-1]
-        out.append(f"({heading}) {h.text}" if heading and not h.text.lstrip("# ").startswith(heading) else h.text)
+        path = section_of(h.doc_id, h.start)
+        out.append(f"({nearest_heading(path)}) {h.text}" if path and not opens_section(h.text, path) else h.text)
     return out
 
 

@@ -205,7 +205,7 @@ def test_every_mode_on_a_one_sentence_document_answers_with_exact_evidence_or_sa
 
 
 def test_plain_mode_shows_each_passage_under_its_heading_path(tiny_decoder_dir):
-    from longrag.services.qa import headed_passages
+    from longrag.services.qa import headed_passages, section_finder
 
     corpus = Corpus(settings=get_settings())
     md = "# Staff\n\n## Ingrid Solberg\n\nIngrid Solberg studies ice. She joined in 2009.\n"
@@ -216,7 +216,7 @@ def test_plain_mode_shows_each_passage_under_its_heading_path(tiny_decoder_dir):
     heading = text.index("## Ingrid")
     passages = [Hit(doc, at, at + 19, text[at : at + 19], 1.0), Hit(txt, 0, 19, "She joined in 2009.", 1.0),
                 Hit(doc, heading, heading + 17, text[heading : heading + 17], 1.0)]
-    assert headed_passages(corpus, passages) == [
+    assert headed_passages(passages, section_finder(corpus)) == [
         "(Ingrid Solberg) She joined in 2009.",  # the nearest heading says whose sentence it is
         "She joined in 2009.",  # no sections: as it is
         "## Ingrid Solberg",  # a passage that starts with its own heading: no second copy
